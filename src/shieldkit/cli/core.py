@@ -1,0 +1,136 @@
+"""Core commands: teacher, synthesize, train-synthetic, shield, demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shieldkit.cli.common import console, parse_eps
+
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+
+
+def register(app: typer.Typer) -> None:
+    app.command("teacher")(teacher)
+    app.command("synthesize")(synthesize_cmd)
+    app.command("train-synthetic")(train_synthetic)
+    app.command("shield")(shield_cmd)
+    app.command("demo")(demo)
+
+
+def teacher(
+    data: Annotated[str, typer.Option(help="dataset name (see shieldkit.data.list_datasets)")] = "mnist5k",
+    arch: Annotated[str, typer.Option(help="registry architecture")] = "mnist_cnn",
+    epochs: int = 15,
+    out: Annotated[Path | None, typer.Option(help="weights path (without extension)")] = None,
+    data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Train (or reuse the cached) standard, non-robust teacher."""
+    from shieldkit.pipeline import ensure_teacher
+    from shieldkit.utils.device import resolve_device
+
+    out = out or Path("runs/teachers") / f"{data}-{arch}"
+    model = ensure_teacher(out, data=data, arch=arch, epochs=epochs, seed=seed, device=resolve_device(device),
+                           data_root=data_root)
+    acc = 100 * model.card.extra.get("test_acc", float("nan"))
+    console.print(f"teacher: {out}.safetensors  test accuracy {acc:.2f} %")
+
+
+def synthesize_cmd(
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights (.safetensors + .json)")],
+    out: Annotated[Path, typer.Option(help="output directory (resumable)")],
+    n: Annotated[int, typer.Option(help="number of samples")] = 2000,
+    iterations: int = 200,
+    batch_size: int = 200,
+    coefficients: Annotated[str, typer.Option(help="dss | fixed")] = "dss",
+    labels: Annotated[str, typer.Option(help="balanced | cycle | random")] = "balanced",
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Diversified sample synthesis (DataFreeShield §4.2) from a teacher's BatchNorm statistics."""
+    from shieldkit.models import load_model
+    from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
+    from shieldkit.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    model = load_model(teacher_path, device=str(dev))
+    cfg = SynthesisConfig(n_samples=n, batch_size=batch_size, iterations=iterations, coefficients=coefficients,
+                          labels=labels, seed=seed)
+    synthesize(model, out, cfg, device=dev)
+    syn = load_synthetic(out)
+    tp = syn.throughput()
+    console.print(f"{len(syn)} samples in {out}  ({tp['samples_per_s']:.2f} samples/s, "
+                  f"{tp['sample_iters_per_s']:.0f} sample-iterations/s)")
+
+
+def train_synthetic(
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights")],
+    synthetic: Annotated[Path, typer.Option(help="synthetic set directory (from `synthesize`)")],
+    out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumable)")],
+    objective: str = "dfshield",
+    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "0.2",
+    norm: str = "linf",
+    epochs: int = 30,
+    lr: float = 0.01,
+    batch_size: int = 200,
+    grad_refine: Annotated[int, typer.Option(help="GradRefine ℬ (1 = off)")] = 1,
+    tau: float = 0.5,
+    seed: int = 0,
+    device: Device = "auto",
+) -> None:
+    """Robust training of a copy of the teacher on a synthetic set (no real data)."""
+    from shieldkit.models import load_model, save_model
+    from shieldkit.synthesis import load_synthetic
+    from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
+    from shieldkit.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    t = load_model(teacher_path, device=str(dev))
+    syn = load_synthetic(synthetic)
+    cfg = RobustTrainConfig(objective=objective, eps=parse_eps(eps), norm=norm, epochs=epochs, lr=lr,
+                            batch_size=batch_size, grad_refine_batches=grad_refine, tau=tau, seed=seed)
+    student, _ = train_robust(init_student(t), syn.x, cfg, y=syn.y, t_logits=syn.t_logits, out_dir=out, device=dev)
+    save_model(student, Path(out) / "model", method=objective, training=cfg.to_dict())
+    console.print(f"robust model: {out}/model.safetensors")
+
+
+def shield_cmd(
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights (.safetensors + .json)")],
+    out: Annotated[Path, typer.Option(help="run directory (resumable)")] = Path("runs/shield"),
+    data: Annotated[str | None, typer.Option(help="real test set for evaluation only (default: teacher's)")] = None,
+    data_root: str | None = None,
+    quick: Annotated[bool, typer.Option(help="~2-minute smoke run")] = False,
+    eps: Annotated[str | None, typer.Option(help="ε (default: preset's)")] = None,
+    device: Device = "auto",
+) -> None:
+    """DataFreeShield end to end: synthesize → train → evaluate, on a given teacher."""
+    from shieldkit.data import load_dataset
+    from shieldkit.models import load_model
+    from shieldkit.pipeline import demo_config, shield
+    from shieldkit.reporting.demo_report import print_summary
+    from shieldkit.utils.device import resolve_device
+
+    dev = resolve_device(device)
+    t = load_model(teacher_path, device=str(dev))
+    cfg = demo_config(quick=quick)
+    if eps is not None:
+        cfg.training.eps = parse_eps(eps)
+    test = load_dataset(data or t.card.dataset, "test", root=data_root)
+    res = shield(t, out, cfg, test_data=test, device=dev)
+    print_summary(res, console)
+
+
+def demo(
+    quick: Annotated[bool, typer.Option(help="~2-minute smoke run with tiny settings")] = False,
+    out: Path = Path("runs/demo"),
+    device: Device = "auto",
+) -> None:
+    """The main job: MNIST-5k teacher → DataFreeShield → before/after table and HTML report."""
+    from shieldkit.pipeline import run_demo
+    from shieldkit.utils.device import resolve_device
+
+    run_demo(out, quick=quick, device=resolve_device(device))

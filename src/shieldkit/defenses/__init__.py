@@ -1,0 +1,1 @@
+"""Defences: wrappers and trainers that harden a classifier."""

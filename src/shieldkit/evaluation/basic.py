@@ -1,0 +1,87 @@
+"""First-cut robustness evaluation used by ``shieldkit shield`` and ``make demo``: clean accuracy,
+PGD-k and AutoAttack (official pyautoattack), on real test images, with everything needed to trust
+and reproduce the number recorded next to it (attack, norm, ε, n, seed, CI, versions, wall time).
+
+The full suite with the obfuscated-gradient audit is :mod:`shieldkit.evaluation.suite`.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from shieldkit.attacks.library import run_autoattack
+from shieldkit.attacks.pgd import PGDConfig, pgd
+from shieldkit.data.base import ImageDataset
+from shieldkit.evaluation.stats import accuracy_summary
+from shieldkit.utils.provenance import provenance
+from shieldkit.utils.seed import derive_seed, make_generator
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
+    return torch.cat(out)
+
+
+def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", eps: float = 0.2,
+                   n: int | None = 1000, seed: int = 0, pgd_steps: int = 20, pgd_restarts: int = 1,
+                   autoattack: bool = True, aa_version: str = "standard", aa_n: int | None = None,
+                   batch_size: int = 250, device: str | torch.device = "cpu") -> dict:
+    """Evaluate ``model`` on a fixed, seeded, class-stratified subset of ``n`` points of ``data``.
+
+    ``aa_n`` (≤ n) evaluates AutoAttack on the first ``aa_n`` of those points only (AutoAttack is by far
+    the slowest step on CPU); its accuracy and CI are then reported on ``aa_n`` points.
+    Robust accuracy counts a point as robust only if it is classified correctly clean *and* under the
+    attack (the per-point worst case of clean and attack).
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    sub = data.subset(n, seed=seed)
+    x, y = sub.x, sub.y
+    t0 = time.perf_counter()
+    clean_ok = _predict(model, x, batch_size, device) == y
+    t_clean = time.perf_counter() - t0
+
+    cfg = PGDConfig(eps=eps, norm=norm, steps=pgd_steps, alpha=2.5 * eps / pgd_steps, random_start=True,
+                    restarts=pgd_restarts)
+    g = make_generator(derive_seed(seed, "pgd-eval"), device=device)
+    t0 = time.perf_counter()
+    pgd_ok = torch.zeros_like(clean_ok)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        adv = pgd(model, xb, yb, cfg, loss_fn="ce", generator=g, track_best=True)
+        pgd_ok[i:i + batch_size] = _predict(model, adv, batch_size, device) == yb.cpu()
+    pgd_ok &= clean_ok
+    t_pgd = time.perf_counter() - t0
+
+    result: dict = {
+        "threat_model": "Linf" if norm == "linf" else "L2", "norm": norm, "eps": eps, "n": len(y), "seed": seed,
+        "clean_acc": clean_ok.float().mean().item(), "pgd_acc": pgd_ok.float().mean().item(),
+        "clean": accuracy_summary(int(clean_ok.sum()), len(y)),
+        "pgd": {**accuracy_summary(int(pgd_ok.sum()), len(y)), "attack": f"PGD-{pgd_steps}",
+                "steps": pgd_steps, "step_size": cfg.step_size(), "restarts": pgd_restarts, "loss": "ce",
+                "random_start": "uniform", "seconds": t_pgd},
+        "seconds": {"clean": t_clean, "pgd": t_pgd},
+    }
+    if autoattack:
+        m = len(y) if aa_n is None else min(aa_n, len(y))
+        t0 = time.perf_counter()
+        robust, _ = run_autoattack(model, x[:m], y[:m], norm=norm, eps=eps, version=aa_version, seed=seed,
+                                   batch_size=batch_size, device=device)
+        t_aa = time.perf_counter() - t0
+        robust = robust.cpu() & clean_ok[:m]
+        result["autoattack_acc"] = robust.float().mean().item()
+        result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": f"AutoAttack-{aa_version}",
+                                "implementation": "pyautoattack", "seconds": t_aa}
+        result["aa_n"] = m
+        result["seconds"]["autoattack"] = t_aa
+        result["per_point"] = {"autoattack_robust": robust.int().tolist()}
+    result["per_point"] = {**result.get("per_point", {}), "clean_correct": clean_ok.int().tolist(),
+                           "pgd_robust": pgd_ok.int().tolist()}
+    result["provenance"] = provenance()
+    return result

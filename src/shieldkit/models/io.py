@@ -1,0 +1,44 @@
+"""Weights as safetensors plus a JSON sidecar; loading never unpickles anything.
+
+``save_model(model, "teacher")`` writes ``teacher.safetensors`` (the state dict, including the
+normalisation buffers) and ``teacher.json`` (the :class:`ModelCard`). ``load_model`` rebuilds the
+architecture from the card and loads the tensors strictly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shieldkit.models.registry import create_model
+from shieldkit.models.wrapper import ModelCard, NormalizedClassifier
+from shieldkit.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_model(model: NormalizedClassifier, path: str | Path, **extra) -> Path:
+    weights, sidecar = _paths(path)
+    card = model.card
+    card.extra.update(extra)
+    save_tensors(weights, model.state_dict(), metadata={"arch": card.arch})
+    atomic_write_json(sidecar, card.to_dict())
+    return weights
+
+
+def load_model(path: str | Path, device: str = "cpu") -> NormalizedClassifier:
+    weights, sidecar = _paths(path)
+    for p in (weights, sidecar):
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: missing — a shieldkit model is a .safetensors file with a .json "
+                                    f"sidecar of the same name (written by `shieldkit teacher` or save_model)")
+    card = ModelCard.from_dict(read_json(sidecar))
+    model = create_model(card.arch, num_classes=card.num_classes, in_channels=card.in_channels,
+                         image_size=card.image_size, mean=card.mean, std=card.std, dataset=card.dataset,
+                         classes=card.classes)
+    model.card.extra = dict(card.extra)
+    model.load_state_dict(load_tensors(weights), strict=True)
+    return model.to(device).eval()

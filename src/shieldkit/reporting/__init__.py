@@ -1,0 +1,1 @@
+"""Reporting: HTML reports, tables and figures."""

@@ -1,0 +1,82 @@
+"""On-disk format of a synthetic set: ``manifest.json`` + one safetensors file per shard.
+
+Each shard holds ``images`` ([0,1] float32), ``labels`` (assigned ŷ), ``alphas`` (the α's of Eq 8
+used for that batch) and ``t_logits`` (teacher logits on the saved images — the soft labels that
+L_DFShield trains on), plus per-shard timing/loss info in the safetensors metadata.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from shieldkit.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
+
+MANIFEST = "manifest.json"
+
+
+def shard_path(out: Path, i: int) -> Path:
+    return Path(out) / f"shard_{i:05d}.safetensors"
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    atomic_write_json(Path(out) / MANIFEST, manifest)
+
+
+def write_shard(out: Path, i: int, *, images: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor,
+                t_logits: torch.Tensor, info: dict) -> None:
+    save_tensors(shard_path(out, i), {"images": images, "labels": labels, "alphas": alphas, "t_logits": t_logits},
+                 metadata={"info": json.dumps(info)})
+
+
+@dataclass
+class SyntheticSet:
+    x: torch.Tensor
+    y: torch.Tensor
+    t_logits: torch.Tensor
+    alphas: torch.Tensor  # one row per sample (its batch's α's)
+    manifest: dict
+    shard_info: list[dict] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def throughput(self) -> dict[str, float]:
+        """Aggregate synthesis speed over the shards on disk."""
+        secs = sum(s["seconds"] for s in self.shard_info)
+        it = self.manifest["config"]["iterations"]
+        return {"seconds": secs, "samples_per_s": len(self) / max(secs, 1e-9),
+                "sample_iters_per_s": len(self) * it / max(secs, 1e-9)}
+
+
+def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> SyntheticSet:
+    out = Path(out_dir)
+    if not (out / MANIFEST).exists():
+        raise FileNotFoundError(f"{out}: no synthetic set here (missing {MANIFEST}); run `shieldkit synthesize`")
+    manifest = read_json(out / MANIFEST)
+    xs, ys, ts, als, infos = [], [], [], [], []
+    missing = []
+    for i in range(manifest["num_shards"]):
+        p = shard_path(out, i)
+        if not p.exists():
+            missing.append(i)
+            continue
+        t = load_tensors(p)
+        with safe_open(str(p), framework="pt") as fh:
+            infos.append(json.loads(fh.metadata().get("info", "{}")))
+        n = t["images"].shape[0]
+        xs.append(t["images"])
+        ys.append(t["labels"])
+        ts.append(t["t_logits"])
+        als.append(t["alphas"].view(1, -1).expand(n, -1))
+    if missing and not allow_partial:
+        shown = f"{missing[:5]}{'…' if len(missing) > 5 else ''}"
+        raise FileNotFoundError(f"{out}: synthetic set incomplete — shards {shown} missing; rerun "
+                                f"`shieldkit synthesize` with the same arguments to resume")
+    if not xs:
+        raise FileNotFoundError(f"{out}: no shards written yet")
+    return SyntheticSet(torch.cat(xs), torch.cat(ys), torch.cat(ts), torch.cat(als), manifest, infos)

@@ -1,0 +1,1 @@
+"""Training: the standard (teacher) trainer, robust objectives, GradRefine and the robust trainer."""

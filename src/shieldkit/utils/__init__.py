@@ -1,0 +1,1 @@
+"""Small shared mechanisms: atomic I/O, seeding, devices, provenance, progress."""

@@ -1,0 +1,29 @@
+"""Shared fixtures: real embedded data and a small real teacher trained once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shieldkit.data import load_dataset
+from shieldkit.models import create_model
+from shieldkit.training.standard import StandardTrainConfig, train_classifier
+
+
+@pytest.fixture(scope="session")
+def mnist_train():
+    return load_dataset("mnist5k", "train")
+
+
+@pytest.fixture(scope="session")
+def mnist_test():
+    return load_dataset("mnist5k", "test")
+
+
+@pytest.fixture(scope="session")
+def mnist_teacher(mnist_train):
+    """A real, standard-trained mnist_cnn (3 epochs on the 4,000 real training digits, ~95 %)."""
+    torch.manual_seed(0)
+    m = create_model("mnist_cnn", dataset="mnist5k", mean=[0.13], std=[0.31])
+    train_classifier(m, mnist_train, StandardTrainConfig(epochs=3, seed=0), progress=False)
+    return m.eval()
