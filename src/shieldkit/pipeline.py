@@ -105,19 +105,20 @@ def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig
 def demo_config(quick: bool = False) -> ShieldConfig:
     """Settings sized for 2 CPU cores (the paper's GPU-scale settings are in ``configs/paper/``).
 
-    MNIST threat model: ℓ∞, ε = 0.2 (Madry et al. use 0.3 on full MNIST with a large network and
-    60k images; with 66k parameters and a few thousand synthetic samples, 0.2 is the budget at which
-    a data-free model can be made meaningfully robust in minutes — see the README).
+    Demo threat model: ℓ∞, ε = 0.1 on MNIST-5k — argued in the README: at ε = 0.2 the synthetic set a
+    66k-parameter teacher yields does not support robust training (measured: the student collapses
+    to 26-37 % clean accuracy whatever the BN handling, lr or clipping; with λ1 = λ2 = 0.2 it keeps
+    78 % clean but 0.3 % PGD-20), while at ε = 0.1 the same data gives a robust student.
     """
     if quick:
         return ShieldConfig(
             synthesis=SynthesisConfig(n_samples=400, batch_size=200, iterations=40, seed=0),
-            training=RobustTrainConfig(eps=0.2, epochs=3, lr=0.01, batch_size=100, seed=0),
+            training=RobustTrainConfig(eps=0.1, epochs=3, lr=0.01, batch_size=100, seed=0),
             evaluation=EvalConfig(n=200, aa_n=50),
         )
     return ShieldConfig(
         synthesis=SynthesisConfig(n_samples=2000, batch_size=200, iterations=150, seed=0),
-        training=RobustTrainConfig(eps=0.2, epochs=30, lr=0.01, batch_size=200, seed=0),
+        training=RobustTrainConfig(eps=0.1, epochs=25, lr=0.01, batch_size=200, seed=0),
         evaluation=EvalConfig(n=1000, aa_n=200),
     )
 

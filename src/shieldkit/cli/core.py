@@ -8,8 +8,10 @@ from typing import Annotated
 import typer
 
 from shieldkit.cli.common import console, parse_eps
+from shieldkit.config import config_option
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
+Config = Annotated[Path | None, config_option()]
 
 
 def register(app: typer.Typer) -> None:
@@ -21,6 +23,7 @@ def register(app: typer.Typer) -> None:
 
 
 def teacher(
+    config: Config = None,
     data: Annotated[str, typer.Option(help="dataset name (see shieldkit.data.list_datasets)")] = "mnist5k",
     arch: Annotated[str, typer.Option(help="registry architecture")] = "mnist_cnn",
     epochs: int = 15,
@@ -41,9 +44,12 @@ def teacher(
 
 
 def synthesize_cmd(
+    ctx: typer.Context,
     teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights (.safetensors + .json)")],
     out: Annotated[Path, typer.Option(help="output directory (resumable)")],
-    n: Annotated[int, typer.Option(help="number of samples")] = 2000,
+    config: Config = None,
+    n_samples: Annotated[int, typer.Option(help="number of samples (`--n-samples`: torchrun would take `--n` "
+                                                "for one of its own options)")] = 2000,
     iterations: int = 200,
     batch_size: int = 200,
     coefficients: Annotated[str, typer.Option(help="dss | fixed")] = "dss",
@@ -51,26 +57,38 @@ def synthesize_cmd(
     seed: int = 0,
     device: Device = "auto",
 ) -> None:
-    """Diversified sample synthesis (DataFreeShield §4.2) from a teacher's BatchNorm statistics."""
-    from shieldkit.models import load_model
-    from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
-    from shieldkit.utils.device import resolve_device
+    """Diversified sample synthesis (DataFreeShield §4.2) from a teacher's BatchNorm statistics.
 
-    dev = resolve_device(device)
-    model = load_model(teacher_path, device=str(dev))
-    cfg = SynthesisConfig(n_samples=n, batch_size=batch_size, iterations=iterations, coefficients=coefficients,
-                          labels=labels, seed=seed)
-    synthesize(model, out, cfg, device=dev)
-    syn = load_synthetic(out)
-    tp = syn.throughput()
-    console.print(f"{len(syn)} samples in {out}  ({tp['samples_per_s']:.2f} samples/s, "
-                  f"{tp['sample_iters_per_s']:.0f} sample-iterations/s)")
+    Under ``torchrun --nproc_per_node=N -m shieldkit synthesize ...`` the shards are split across the
+    ranks (gloo on CPU, nccl on GPUs); the set is identical to a single-process run with the same seed.
+    """
+    from shieldkit.config import resolved_config, save_run_metadata
+    from shieldkit.distributed import dist
+    from shieldkit.distributed.synthesis import synthesize_distributed
+    from shieldkit.models import load_model
+    from shieldkit.synthesis import SynthesisConfig, load_synthetic
+
+    info = dist.init_distributed(device)
+    try:
+        model = load_model(teacher_path, device=str(info.device))
+        cfg = SynthesisConfig(n_samples=n_samples, batch_size=batch_size, iterations=iterations,
+                              coefficients=coefficients, labels=labels, seed=seed)
+        synthesize_distributed(model, out, cfg, device=info.device)
+        if info.rank == 0:
+            save_run_metadata(out, {"synthesis": cfg, "cli": resolved_config(ctx)}, seed)
+            tp = load_synthetic(out).throughput()
+            console.print(f"{cfg.n_samples} samples in {out}  ({tp['samples_per_s']:.2f} samples/s, "
+                          f"{tp['sample_iters_per_s']:.0f} sample-iterations/s, {info.world_size} process(es))")
+    finally:
+        dist.cleanup()
 
 
 def train_synthetic(
+    ctx: typer.Context,
     teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights")],
     synthetic: Annotated[Path, typer.Option(help="synthetic set directory (from `synthesize`)")],
     out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumable)")],
+    config: Config = None,
     objective: str = "dfshield",
     eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "0.2",
     norm: str = "linf",
@@ -95,12 +113,18 @@ def train_synthetic(
                             batch_size=batch_size, grad_refine_batches=grad_refine, tau=tau, seed=seed)
     student, _ = train_robust(init_student(t), syn.x, cfg, y=syn.y, t_logits=syn.t_logits, out_dir=out, device=dev)
     save_model(student, Path(out) / "model", method=objective, training=cfg.to_dict())
+    from shieldkit.config import resolved_config, save_run_metadata
+
+    save_run_metadata(out, {"training": cfg, "cli": resolved_config(ctx)}, seed)
     console.print(f"robust model: {out}/model.safetensors")
 
 
 def shield_cmd(
+    ctx: typer.Context,
     teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights (.safetensors + .json)")],
     out: Annotated[Path, typer.Option(help="run directory (resumable)")] = Path("runs/shield"),
+    config: Annotated[Path | None, typer.Option(help="YAML with synthesis/training/evaluation sections, or a "
+                                                     "preset name such as paper/cifar10-resnet20-linf4")] = None,
     data: Annotated[str | None, typer.Option(help="real test set for evaluation only (default: teacher's)")] = None,
     data_root: str | None = None,
     quick: Annotated[bool, typer.Option(help="~2-minute smoke run")] = False,
@@ -116,10 +140,15 @@ def shield_cmd(
 
     dev = resolve_device(device)
     t = load_model(teacher_path, device=str(dev))
-    cfg = demo_config(quick=quick)
+    from shieldkit.config import load_config, resolved_config, save_run_metadata, shield_config
+
+    cfg = shield_config(load_config(config)) if config else demo_config(quick=quick)
     if eps is not None:
         cfg.training.eps = parse_eps(eps)
+    if not (data or t.card.dataset):
+        raise typer.BadParameter("the teacher's card names no dataset: pass --data for the real test set")
     test = load_dataset(data or t.card.dataset, "test", root=data_root)
+    save_run_metadata(out, {"shield": cfg, "cli": resolved_config(ctx)}, cfg.synthesis.seed)
     res = shield(t, out, cfg, test_data=test, device=dev)
     print_summary(res, console)
 

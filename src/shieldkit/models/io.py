@@ -36,6 +36,10 @@ def load_model(path: str | Path, device: str = "cpu") -> NormalizedClassifier:
             raise FileNotFoundError(f"{p}: missing — a shieldkit model is a .safetensors file with a .json "
                                     f"sidecar of the same name (written by `shieldkit teacher` or save_model)")
     card = ModelCard.from_dict(read_json(sidecar))
+    if card.arch.startswith("imported:"):  # torchvision / timm / pytorchcv / TorchScript model
+        from shieldkit.models.importers import load_imported
+
+        return load_imported(path, device=device)
     model = create_model(card.arch, num_classes=card.num_classes, in_channels=card.in_channels,
                          image_size=card.image_size, mean=card.mean, std=card.std, dataset=card.dataset,
                          classes=card.classes)

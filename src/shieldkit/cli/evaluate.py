@@ -1,0 +1,115 @@
+"""`shieldkit evaluate` — the full robustness evaluation with the obfuscated-gradient audit.
+
+A thin layer over :func:`shieldkit.evaluation.suite.evaluate`: loads the model (safetensors +
+sidecar), the test split of the dataset (and its training split, for the transfer attack's
+substitute), runs the suite, prints the table and writes ``OUT/evaluation.json`` + ``OUT/report.html``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+PREPROCESSORS_HELP = (
+    "non-differentiable input processing in front of the model, attacked with BPDA: "
+    "'quantize:K' (round to K+1 grey levels)"
+)
+
+
+def make_preprocess(spec: str | None):  # noqa: ANN201
+    """Parse ``--preprocess`` ('quantize:K') into a callable (None if not given)."""
+    if not spec:
+        return None
+    name, _, arg = spec.partition(":")
+    if name == "quantize":
+        try:
+            levels = int(arg or 4)
+        except ValueError as exc:
+            raise typer.BadParameter(f"quantize needs an integer number of levels, got {arg!r}") from exc
+        if levels < 1:
+            raise typer.BadParameter("quantize levels must be ≥ 1")
+
+        def quantize(x):  # noqa: ANN001, ANN202
+            import torch
+
+            return torch.round(x * levels) / levels
+
+        quantize.__name__ = f"quantize:{levels}"
+        return quantize
+    raise typer.BadParameter(f"unknown preprocess {spec!r}; available: quantize:K")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("evaluate")
+    def evaluate_cmd(
+        model: Path = typer.Option(
+            ..., "--model", "-m", help="model weights (.safetensors with JSON sidecar)"
+        ),
+        data: str = typer.Option(..., "--data", "-d", help="dataset name (e.g. mnist5k)"),
+        data_root: Path | None = typer.Option(None, "--data-root", help="local dataset directory"),
+        norm: str = typer.Option("linf", "--norm", help="threat model: linf | l2"),
+        eps: str = typer.Option("8/255", "--eps", help="perturbation budget, e.g. 8/255 or 0.3"),
+        suite: str = typer.Option("standard", "--suite", help="quick | standard | full"),
+        n: int = typer.Option(1000, "--n", help="number of test points (stratified seeded subset)"),
+        seed: int = typer.Option(0, "--seed"),
+        out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="output directory"),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+        teacher: Path | None = typer.Option(
+            None,
+            "--teacher",
+            help="teacher weights: enables DataFreeShield Table 21 modified attacks (b), (c)",
+        ),
+        preprocess: str | None = typer.Option(None, "--preprocess", help=PREPROCESSORS_HELP),
+        eot_samples: int = typer.Option(
+            10,
+            "--eot-samples",
+            help="EOT samples if randomness is detected (0 disables EOT; the audit then fails)",
+        ),
+        no_transfer: bool = typer.Option(
+            False, "--no-transfer", help="skip the substitute-model transfer attack"
+        ),
+        batch_size: int = typer.Option(250, "--batch-size"),
+    ) -> None:
+        """Evaluate robustness honestly: white-box, black-box, transfer and adaptive attacks, the
+        obfuscated-gradient audit, curves, confidence intervals; JSON + HTML report."""
+        from shieldkit.cli.common import console, parse_eps
+        from shieldkit.data import load_dataset
+        from shieldkit.evaluation.suite import SUITES, evaluate
+        from shieldkit.models import load_model
+        from shieldkit.reporting.eval_report import print_table
+
+        if suite not in SUITES:
+            raise typer.BadParameter(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
+        if norm not in ("linf", "l2"):
+            raise typer.BadParameter(f"--norm must be linf or l2, got {norm!r}")
+        if not model.exists():
+            raise typer.BadParameter(f"model file {model} does not exist")
+        m = load_model(model)
+        t = load_model(teacher) if teacher is not None else None
+        test = load_dataset(data, "test", root=data_root)
+        train = None
+        if not no_transfer and suite != "quick":
+            try:
+                train = load_dataset(data, "train", root=data_root)
+            except (FileNotFoundError, ValueError, KeyError) as exc:
+                console.print(f"[yellow]no training split for the transfer attack: {exc}[/]")
+        res = evaluate(
+            m,
+            test,
+            norm=norm,
+            eps=parse_eps(eps),
+            suite=suite,
+            n=n,
+            seed=seed,
+            device=device,
+            teacher=t,
+            out=out,
+            preprocess=make_preprocess(preprocess),
+            eot_samples=eot_samples,
+            train_data=train,
+            batch_size=batch_size,
+            verbose=True,
+        )
+        print_table(res, console)
+        console.print(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")

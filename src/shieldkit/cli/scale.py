@@ -1,0 +1,206 @@
+"""Scale-out and plug-in commands: ``import-model``, ``dist-train``, ``dist-evaluate``.
+
+The ``dist-*`` commands are meant for ``torchrun`` (they also run in one process)::
+
+    torchrun --nproc_per_node=4 -m shieldkit synthesize --config paper/cifar10-resnet20-linf4 \
+        --teacher runs/t/model --out runs/syn
+    torchrun --nproc_per_node=4 -m shieldkit dist-train --teacher runs/t/model --synthetic runs/syn --out runs/train
+    torchrun --nproc_per_node=4 -m shieldkit dist-evaluate --model runs/train/model --data cifar10
+
+Every command takes ``--config`` (a YAML file or a preset such as ``paper/cifar10-resnet20-linf4``);
+flags typed on the command line override it. Models are loaded with
+:func:`shieldkit.models.importers.load_imported`, so registry models and imported ones both work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shieldkit.config import config_option
+
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda (under torchrun: this rank's GPU)")]
+
+
+def _floats(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(t) for t in text.replace(",", " ").split()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected numbers separated by commas, got {text!r}") from exc
+
+
+def register(app: typer.Typer) -> None:
+    app.command("import-model")(import_model_cmd)
+    app.command("dist-train")(dist_train)
+    app.command("dist-evaluate")(dist_evaluate)
+
+
+def import_model_cmd(
+    ctx: typer.Context,
+    source: Annotated[str, typer.Argument(help="timm:NAME | torchvision:NAME | pytorchcv:NAME | registry name | "
+                                          "TorchScript file")],
+    out: Annotated[Path, typer.Option(help="where to save (safetensors + JSON sidecar), without extension")],
+    config: Annotated[Path | None, config_option()] = None,
+    arch: Annotated[str | None, typer.Option(help="with a TorchScript file: load its weights into this eager "
+                                             "architecture")] = None,
+    weights: Annotated[Path | None, typer.Option(help="state_dict file (.safetensors / .pt, weights_only)")] = None,
+    data: Annotated[str | None, typer.Option(help="dataset: image shape, classes, and the normalisation check "
+                                             "on its test split")] = None,
+    data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
+    num_classes: Annotated[int | None, typer.Option(help="default: the dataset's / the head's")] = None,
+    in_channels: Annotated[int | None, typer.Option(help="default: the dataset's")] = None,
+    image_size: Annotated[int | None, typer.Option(help="default: the dataset's")] = None,
+    mean: Annotated[str | None, typer.Option(help="the model's input normalisation mean, e.g. 0.4914,0.4822,0.4465 "
+                                             "(default 0: raw [0,1] inputs)")] = None,
+    std: Annotated[str | None, typer.Option(help="normalisation std (default 1)")] = None,
+    head_layer: Annotated[str | None, typer.Option("--head-layer", help="name of the final nn.Linear")] = None,
+    features_layer: Annotated[str | None, typer.Option("--features-layer",
+                                                       help="layer whose flattened output is the features")] = None,
+    check_n: Annotated[int, typer.Option(help="test points for the normalisation check (0: skip)")] = 500,
+) -> None:
+    """Import a user's classifier (torchvision / timm / pytorchcv / TorchScript / state_dict) as a shieldkit
+    model: [0,1] inputs with declared normalisation, head/features/BatchNorm discovery, sanity check."""
+    import torch
+
+    from shieldkit.cli.common import console
+    from shieldkit.config import resolved_config, save_run_metadata
+    from shieldkit.data import load_dataset
+    from shieldkit.models import bn_layers, save_model
+    from shieldkit.models.importers import (
+        ModelImportError,
+        NormalisationMismatch,
+        check_input_normalisation,
+        import_model,
+    )
+
+    test = load_dataset(data, "test", root=data_root) if data else None
+    c, h = (test.image_shape[0], test.image_shape[1]) if test is not None else (None, None)
+    try:
+        model = import_model(source, arch=arch, weights=weights,
+                             num_classes=num_classes or (test.num_classes if test is not None else None),
+                             in_channels=in_channels or c, image_size=image_size or h or 32, mean=_floats(mean),
+                             std=_floats(std), head_layer=head_layer, features_layer=features_layer,
+                             dataset=data or "", classes=test.classes if test is not None else None)
+    except (ModelImportError, FileNotFoundError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    info = model.card.extra["import"]
+    with torch.no_grad():
+        d = model.features(torch.rand(1, model.card.in_channels, model.card.image_size, model.card.image_size)).shape[1]
+    console.print(f"head: {info['head_layer']}  features: {d}-d  BatchNorm layers: {len(bn_layers(model))}  "
+                  f"channel repeat: {info['channel_repeat']}  ({info.get('how', info['source'])})")
+    if test is not None and check_n > 0:
+        sub = test.subset(check_n, seed=0)
+        try:
+            rep = check_input_normalisation(model, sub.x, sub.y)
+        except NormalisationMismatch as exc:
+            raise typer.BadParameter(str(exc)) from exc
+        model.card.extra["normalisation_check"] = {k: v for k, v in rep.items() if k != "candidates"}
+        console.print(f"clean accuracy on {len(sub)} {data} test points: "
+                      f"{rep['candidates']['declared']['accuracy']:.2%} (normalisation check passed)")
+    path = save_model(model, out)
+    save_run_metadata(Path(str(out) + "_run"), resolved_config(ctx), seed=None)
+    console.print(f"saved {path} — use it anywhere a model path is accepted (loaded by load_imported)")
+
+
+def dist_train(
+    ctx: typer.Context,
+    teacher_path: Annotated[Path, typer.Option("--teacher", help="teacher weights (the student starts from it)")],
+    synthetic: Annotated[Path, typer.Option(help="synthetic set directory")],
+    out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumable)")],
+    config: Annotated[Path | None, config_option()] = None,
+    objective: str = "dfshield",
+    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "0.2",
+    epochs: int = 30,
+    lr: float = 0.01,
+    batch_size: int = 200,
+    grad_refine: Annotated[int, typer.Option(help="GradRefine ℬ over all ranks (multiple of the world size)")] = 1,
+    tau: float = 0.5,
+    seed: int = 0,
+    tensorboard: Annotated[bool, typer.Option(help="log losses to OUT/tensorboard")] = False,
+    device: Device = "auto",
+) -> None:
+    """Data-parallel robust training over torchrun ranks (GradRefine's sign agreement over all ranks)."""
+    from shieldkit.cli.common import console
+    from shieldkit.config import RobustTrainConfig, explicit_params, load_config, save_run_metadata, stage_config
+    from shieldkit.distributed import dist
+    from shieldkit.distributed.training import train_robust_distributed
+    from shieldkit.models import save_model
+    from shieldkit.models.importers import load_imported
+    from shieldkit.synthesis import load_synthetic
+    from shieldkit.training.robust import init_student
+
+    names = {"grad_refine": "grad_refine_batches"}
+    keys = ("objective", "eps", "epochs", "lr", "batch_size", "grad_refine", "tau", "seed")
+    defaults = {names.get(k, k): v for k, v in ctx.params.items() if k in keys}
+    flags = {names.get(k, k): v for k, v in explicit_params(ctx).items() if k in keys}
+    base = {**defaults, **(load_config(config).get("training", {}) if config else {})}
+    cfg = stage_config(RobustTrainConfig, base, flags, "training")
+    info = dist.init_distributed(device)
+    try:
+        teacher = load_imported(teacher_path, device=info.device)
+        syn = load_synthetic(synthetic)
+        student, hist = train_robust_distributed(init_student(teacher), syn.x, cfg, y=syn.y, t_logits=syn.t_logits,
+                                                 out_dir=out, device=info.device, tensorboard=tensorboard)
+        if info.is_main:
+            save_model(student, Path(out) / "model", method=cfg.objective, training=cfg.to_dict(),
+                       world_size=info.world_size, minibatches_per_update=hist["minibatches"])
+            save_run_metadata(out, {"training": cfg, "world_size": info.world_size, "cli": _resolved(ctx)}, cfg.seed)
+            console.print(f"robust model: {out}/model.safetensors ({info.world_size} process(es), "
+                          f"{hist['minibatches']} minibatches per update)")
+    finally:
+        dist.cleanup()
+
+
+def dist_evaluate(
+    ctx: typer.Context,
+    model_path: Annotated[Path, typer.Option("--model", help="model weights (registry or imported)")],
+    data: Annotated[str, typer.Option(help="dataset name (its test split)")],
+    config: Annotated[Path | None, config_option()] = None,
+    data_root: str | None = None,
+    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "8/255",
+    norm: str = "linf",
+    n_points: Annotated[int, typer.Option(help="test points (stratified, seeded)")] = 1000,
+    pgd_steps: int = 20,
+    autoattack: bool = True,
+    aa_version: str = "standard",
+    chunk_size: Annotated[int, typer.Option(help="points per chunk (results depend on it, not on the ranks)")] = 250,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="write OUT/evaluation.json")] = None,
+    device: Device = "auto",
+) -> None:
+    """Clean / PGD / AutoAttack evaluation with the test points sharded over torchrun ranks."""
+    from shieldkit.cli.common import console, parse_eps
+    from shieldkit.config import save_run_metadata
+    from shieldkit.data import load_dataset
+    from shieldkit.distributed import dist
+    from shieldkit.distributed.evaluation import evaluate_distributed
+    from shieldkit.models.importers import load_imported
+    from shieldkit.utils.io import atomic_write_json
+
+    info = dist.init_distributed(device)
+    try:
+        model = load_imported(model_path, device=info.device)
+        res = evaluate_distributed(model, load_dataset(data, "test", root=data_root), norm=norm, eps=parse_eps(eps),
+                                   n=n_points, seed=seed, pgd_steps=pgd_steps, autoattack=autoattack,
+                                   aa_version=aa_version,
+                                   chunk_size=chunk_size, device=info.device)
+        if info.is_main:
+            line = f"clean {res['clean_acc']:.2%}  PGD-{pgd_steps} {res['pgd_acc']:.2%}"
+            if autoattack:
+                line += f"  AutoAttack {res['autoattack_acc']:.2%}"
+            console.print(f"{line}  (n = {res['n']}, {info.world_size} process(es))")
+            if out is not None:
+                atomic_write_json(Path(out) / "evaluation.json", res)
+                save_run_metadata(out, _resolved(ctx), seed)
+    finally:
+        dist.cleanup()
+
+
+def _resolved(ctx: typer.Context) -> dict:
+    from shieldkit.config import resolved_config
+
+    return resolved_config(ctx)

@@ -1,0 +1,93 @@
+"""``shieldkit sqa``: score-based query attacks against a saved model, optionally behind UniG or RND.
+
+A thin layer over :func:`shieldkit.attacks.query.run_query_suite` (the same function the evaluation
+engine's ``--suite query`` calls), so the CLI and the Python API report identical numbers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from shieldkit.cli.common import console, parse_eps
+
+
+def register(app: typer.Typer) -> None:
+    app.command("sqa")(sqa)
+
+
+def sqa(
+    model_path: Annotated[Path, typer.Option("--model", help="weights (.safetensors + .json sidecar)")],
+    defence: Annotated[str, typer.Option(help="none | rnd | unig")] = "unig",
+    data: Annotated[str | None, typer.Option(help="test dataset (default: the model card's)")] = None,
+    data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
+    eps: Annotated[str, typer.Option(help="ε, e.g. 0.1 or 8/255")] = "0.1",
+    norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
+    budgets: Annotated[str, typer.Option(help="comma-separated query budgets")] = "100,2500",
+    attacks: Annotated[str, typer.Option(help="comma-separated: square, simba_dct, simba_pixel, signhunter, "
+                                               "nes, bandits")] = "square,simba_dct,signhunter,nes,bandits",
+    n: Annotated[int, typer.Option(help="number of test points (fixed seeded subset)")] = 100,
+    targeted: Annotated[bool, typer.Option(help="random-target attacks")] = False,
+    delta: Annotated[float | None, typer.Option(help="UniG δ (default UniGConfig)")] = None,
+    lr: Annotated[float | None, typer.Option(help="UniG α")] = None,
+    steps: Annotated[int | None, typer.Option(help="UniG p")] = None,
+    references: Annotated[Path | None, typer.Option(help="safetensors file whose 'x' (or only) tensor holds "
+                                                          "reference images for single-sample UniG, e.g. "
+                                                          "DataFreeShield synthetic samples")] = None,
+    sigma: Annotated[float, typer.Option(help="RND noise σ")] = 0.02,
+    seed: int = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    out: Annotated[Path | None, typer.Option(help="write the results JSON here")] = None,
+) -> None:
+    """Robust accuracy under score-based query attacks (UniG Table 1 protocol) at each query budget."""
+    import dataclasses
+
+    from shieldkit.attacks.query import ATTACKS, run_query_suite
+    from shieldkit.data import load_dataset
+    from shieldkit.defenses.rnd import RandomNoiseDefense
+    from shieldkit.defenses.unig import UniG, UniGConfig
+    from shieldkit.models import load_model
+    from shieldkit.utils.device import resolve_device
+    from shieldkit.utils.io import atomic_write_json, load_tensors
+
+    dev = resolve_device(device)
+    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    unknown = [a for a in names if a not in ATTACKS]
+    if unknown:
+        raise typer.BadParameter(f"unknown attack(s) {unknown}; available: {', '.join(ATTACKS)}")
+    if defence not in ("none", "rnd", "unig"):
+        raise typer.BadParameter(f"--defence must be none, rnd or unig, got {defence!r}")
+    try:
+        budget_list = sorted({int(b) for b in budgets.split(",") if b.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}") from exc
+    base = load_model(model_path, device=str(dev)).eval()
+    dataset = load_dataset(data or base.card.dataset, split="test", root=data_root)
+    model = base
+    if defence == "rnd":
+        model = RandomNoiseDefense(base, sigma, seed=seed)
+    elif defence == "unig":
+        overrides = {k: v for k, v in {"delta": delta, "lr": lr, "steps": steps}.items() if v is not None}
+        cfg = dataclasses.replace(UniGConfig(), **overrides)
+        refs = None
+        if references is not None:
+            tensors = load_tensors(references)
+            refs = tensors.get("x", next(iter(tensors.values())))
+        model = UniG(base, cfg, references=refs, seed=seed)
+    res = run_query_suite(model, dataset, budgets=budget_list, eps=parse_eps(eps), norm=norm, n=n, seed=seed,
+                          attacks=names, targeted=targeted, device=dev)
+    res["defence"] = defence
+    console.print(f"[bold]{defence}[/] on {dataset.name}: clean {100 * res['clean_accuracy']:.1f} % "
+                  f"(n = {res['n']})")
+    for name, r in res["attacks"].items():
+        accs = " / ".join(f"{100 * r['robust_accuracy'][b]:.1f}" for b in budget_list)
+        console.print(f"  {name:12s} robust @ {budget_list}: {accs}")
+    console.print(f"  worst case: {' / '.join(f'{100 * v:.1f}' for v in res['worst_case'].values())}")
+    if out is not None:
+        atomic_write_json(out, res)
+        console.print(f"wrote {out}")
+    else:
+        console.print_json(json.dumps(res, default=str))

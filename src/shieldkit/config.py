@@ -1,0 +1,286 @@
+"""YAML configs, paper presets, run metadata and optional TensorBoard logging.
+
+Config files
+------------
+A config is a YAML mapping. Stage settings live in sections named after the API dataclasses they
+fill — ``synthesis`` (:class:`~shieldkit.synthesis.SynthesisConfig`), ``training``
+(:class:`~shieldkit.training.robust.RobustTrainConfig`), ``evaluation`` (the pipeline's ``EvalConfig``)
+— plus descriptive ``teacher`` and ``data`` sections. Keys are validated against the dataclass fields
+(a typo is an error with a suggestion, never silently ignored); ε-like values may be written as
+fractions (``eps: 4/255``). Presets ship under ``configs/`` and are named by their path without the
+extension: ``--config paper/cifar10-resnet20-linf4`` (a file path works too).
+
+Command line: ``--config FILE`` and flags
+-----------------------------------------
+Every command takes ``--config``; flags given on the command line override the file, the file
+overrides the command's defaults. Two mechanisms, both here:
+
+* :func:`config_option` — an eager typer option whose callback puts the file's values into click's
+  ``default_map``, so they become the defaults of the command's own options (flat keys named like the
+  options, or the section the command maps to, see ``COMMAND_SECTIONS``/``KEY_ALIASES``). Keys the
+  command has no option for are reported (they are not silently dropped).
+* :func:`stage_config` with :func:`explicit_params` — build the stage dataclass from the file's section
+  and override only the fields whose flags the user typed (``click.core.ParameterSource``), so a
+  preset's settings that have no flag (momentum, weight decay, …) still reach the API.
+
+Run metadata: :func:`save_run_metadata` writes ``run.json`` (resolved config, seed, package versions,
+git revision, host, time) and ``config.yaml`` (the resolved config, re-runnable with ``--config``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from shieldkit.utils.io import atomic_write_json, atomic_write_text
+from shieldkit.utils.provenance import provenance
+
+PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
+META_SECTIONS = ("teacher", "data", "run")
+STAGE_SECTIONS = ("synthesis", "training", "evaluation")
+EPS_KEYS = ("eps", "attack_alpha")
+# Which section of a sectioned config feeds a command's options, and option names that differ from
+# the dataclass field they set (``n_samples`` is ``--n`` in ``synthesize``).
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "synthesize": ("synthesis",), "train-synthetic": ("training",), "dist-train": ("training",),
+    "evaluate": ("evaluation",), "shield": (), "teacher": (), "import-model": ("teacher",),
+}
+KEY_ALIASES: dict[str, str] = {"grad_refine_batches": "grad_refine"}
+
+
+def __getattr__(name: str):  # lazy re-exports (avoid importing torch-heavy modules at CLI start-up)
+    if name == "SynthesisConfig":
+        from shieldkit.synthesis import SynthesisConfig
+
+        return SynthesisConfig
+    if name == "RobustTrainConfig":
+        from shieldkit.training.robust import RobustTrainConfig
+
+        return RobustTrainConfig
+    raise AttributeError(name)
+
+
+class ConfigError(ValueError):
+    """A config file is missing, malformed, or names a setting that does not exist."""
+
+
+# ----------------------------------------------------------------------------- loading
+def list_presets() -> list[str]:
+    if not PRESET_DIR.is_dir():
+        return []
+    return sorted(str(p.relative_to(PRESET_DIR).with_suffix("")) for p in PRESET_DIR.rglob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or a preset name (``paper/cifar10-resnet20-linf4``) under ``configs/``."""
+    p = Path(name_or_path).expanduser()
+    if p.is_file():
+        return p
+    preset = PRESET_DIR / (str(name_or_path).removesuffix(".yaml") + ".yaml")
+    if preset.is_file():
+        return preset
+    raise ConfigError(f"config {str(name_or_path)!r}: no such file or preset; presets: {', '.join(list_presets())}")
+
+
+def load_config(name_or_path: str | Path) -> dict:
+    """Read and minimally validate a YAML config (a mapping; stage sections are mappings)."""
+    path = resolve_config_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a YAML mapping (key: value), got {type(data).__name__}")
+    for sec in (*STAGE_SECTIONS, *META_SECTIONS):
+        if sec in data and not isinstance(data[sec], dict):
+            raise ConfigError(f"{path}: section {sec!r} must be a mapping")
+    return data
+
+
+def _parse_value(key: str, value: Any) -> Any:
+    if key in EPS_KEYS and isinstance(value, str):
+        from shieldkit.cli.common import parse_eps
+
+        return parse_eps(value)
+    return value
+
+
+def stage_config(cls: type, section: Mapping[str, Any] | None = None, overrides: Mapping[str, Any] | None = None,
+                 where: str = "config"):
+    """Instantiate dataclass ``cls`` from a config section, then ``overrides`` (explicit flags).
+
+    Unknown keys raise :class:`ConfigError` naming the closest valid field.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for src_name, src in (("file", section or {}), ("flags", overrides or {})):
+        for k, v in src.items():
+            key = k.replace("-", "_")
+            if key not in fields:
+                close = difflib.get_close_matches(key, sorted(fields), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(sorted(fields))}"
+                raise ConfigError(f"{where}: unknown {cls.__name__} setting {k!r} (from {src_name}){hint}")
+            values[key] = _parse_value(key, v)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid {cls.__name__} settings: {exc}") from exc
+
+
+def shield_config(cfg: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]] | None = None):
+    """The pipeline's ``ShieldConfig`` (synthesis, training, evaluation) from a loaded config."""
+    from shieldkit.pipeline import EvalConfig, ShieldConfig
+    from shieldkit.synthesis import SynthesisConfig
+    from shieldkit.training.robust import RobustTrainConfig
+
+    overrides = overrides or {}
+    unknown = set(cfg) - set(STAGE_SECTIONS) - set(META_SECTIONS)
+    if unknown:
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {STAGE_SECTIONS + META_SECTIONS}")
+    return ShieldConfig(
+        synthesis=stage_config(SynthesisConfig, cfg.get("synthesis"), overrides.get("synthesis"), "synthesis"),
+        training=stage_config(RobustTrainConfig, cfg.get("training"), overrides.get("training"), "training"),
+        evaluation=stage_config(EvalConfig, cfg.get("evaluation"), overrides.get("evaluation"), "evaluation"))
+
+
+# ----------------------------------------------------------------------------- typer / click integration
+def command_defaults(cfg: Mapping[str, Any], command: str, param_names: set[str]) -> tuple[dict, list[str]]:
+    """Map a config onto a command's option names: (defaults for ``default_map``, keys it cannot use).
+
+    Flat top-level keys are matched to options directly; the sections in ``COMMAND_SECTIONS[command]``
+    are flattened (with ``KEY_ALIASES``); other sections are ignored as belonging to other commands.
+    """
+    out: dict[str, Any] = {}
+    unused: list[str] = []
+    flat = {k: v for k, v in cfg.items() if not isinstance(v, dict)}
+    items = [(k, k, v) for k, v in flat.items()]
+    for sec in COMMAND_SECTIONS.get(command, ()):
+        items += [(f"{sec}.{k}", k, v) for k, v in (cfg.get(sec) or {}).items()]
+    for label, key, value in items:
+        name = key.replace("-", "_")
+        name = name if name in param_names else KEY_ALIASES.get(name, name)
+        if name in param_names:
+            out[name] = value
+        else:
+            unused.append(label)
+    return out, unused
+
+
+def _config_callback(ctx, param, value):  # noqa: ANN001, ANN202 - click callback signature
+    if not value:
+        return value
+    import typer  # typer vendors its own click: raise its BadParameter
+
+    try:
+        cfg = load_config(value)
+    except ConfigError as exc:
+        raise typer.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    names = {p.name for p in ctx.command.params if p.name}
+    defaults, unused = command_defaults(cfg, ctx.info_name or "", names)
+    flat_unknown = [k for k in unused if "." not in k]
+    if flat_unknown:
+        raise typer.BadParameter(f"{value}: `{ctx.info_name}` has no option for {', '.join(flat_unknown)}",
+                                 ctx=ctx, param=param)
+    if unused:
+        print(f"note: `{ctx.info_name}` has no flag for {', '.join(unused)} from {value}; those keep the "
+              f"command's defaults", file=sys.stderr)
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    ctx.meta["shieldkit_config"] = {"path": str(resolve_config_path(value)), "values": cfg, "unused": unused}
+    return value
+
+
+def config_option(help_text: str = "YAML config file or preset name (flags given on the command line override it)"):
+    """``config: Annotated[Path | None, config_option()] = None`` — put it first among a command's options."""
+    import typer
+
+    return typer.Option("--config", help=help_text, callback=_config_callback, is_eager=True,
+                        expose_value=True)
+
+
+def explicit_params(ctx) -> dict[str, Any]:  # noqa: ANN001 - click.Context
+    """The options the user typed on the command line (not defaults, not config-file values)."""
+    return {k: v for k, v in ctx.params.items()
+            if k != "config" and _source(ctx, k) in ("commandline", "environment")}
+
+
+def _source(ctx, name: str) -> str:  # noqa: ANN001
+    """Where a parameter's value came from, by enum *name*: typer vendors click, so its
+    ``ParameterSource`` is not ``click.core.ParameterSource``."""
+    src = ctx.get_parameter_source(name)
+    return {"DEFAULT_MAP": "config"}.get(getattr(src, "name", ""), getattr(src, "name", "unknown").lower())
+
+
+def resolved_config(ctx) -> dict:  # noqa: ANN001 - click.Context
+    """Every option's final value and where it came from (commandline / config / default)."""
+    return {"command": ctx.info_name, "params": {k: _plain(v) for k, v in ctx.params.items()},
+            "sources": {k: _source(ctx, k) for k in ctx.params},
+            "config_file": ctx.meta.get("shieldkit_config")}
+
+
+# ----------------------------------------------------------------------------- run metadata
+def _plain(v: Any) -> Any:
+    if dataclasses.is_dataclass(v) and not isinstance(v, type):
+        return _plain(dataclasses.asdict(v))
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_plain(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    if hasattr(v, "item") and callable(v.item):
+        return v.item()
+    return v
+
+
+def save_run_metadata(run_dir: str | Path, resolved_config: Any, seed: int | None) -> Path:
+    """Write ``run.json`` (config, seed, versions, git revision, host, time) and ``config.yaml``.
+
+    ``resolved_config``: a dict, a dataclass (e.g. ``ShieldConfig``) or :func:`resolved_config`'s output.
+    """
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    plain = _plain(resolved_config)
+    prov = provenance()
+    atomic_write_json(run / "run.json", {"config": plain, "seed": seed, "packages": prov["packages"],
+                                         "git_revision": prov["git_revision"], "host": prov["host"],
+                                         "timestamp_utc": prov["timestamp_utc"], "argv": list(sys.argv)})
+    atomic_write_text(run / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
+    return run / "run.json"
+
+
+# ----------------------------------------------------------------------------- TensorBoard (opt-in)
+class TensorBoardLogger:
+    """Scalars to TensorBoard (``torch.utils.tensorboard``), only when the user asks for it.
+
+    ``TensorBoardLogger(run_dir / "tensorboard")``; ``log.scalars(step, loss=…, acc=…)``; ``log.close()``.
+    ``log_history`` replays a finished history dict (e.g. ``train_robust``'s) after the fact.
+    """
+
+    def __init__(self, log_dir: str | Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:  # pragma: no cover - tensorboard is installed in the dev env
+            raise RuntimeError("TensorBoard logging needs the `tensorboard` package: pip install tensorboard") from exc
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def scalars(self, step: int, prefix: str = "", **values: float) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}{k}", float(v), step)
+
+    def log_history(self, history: Mapping[str, Any], prefix: str = "train/") -> None:
+        for k, seq in history.items():
+            if isinstance(seq, list) and seq and all(isinstance(v, int | float) for v in seq):
+                for i, v in enumerate(seq, start=1):
+                    self.writer.add_scalar(f"{prefix}{k}", float(v), i)
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,633 @@
+"""Importing a user's classifier: torchvision / timm / pytorchcv by name, TorchScript files, state_dicts.
+
+Everything shieldkit does expects a :class:`~shieldkit.models.NormalizedClassifier`: [0, 1] images in,
+logits out, normalisation inside, ``.features(x)`` (penultimate features) and ``.head`` (the final
+``nn.Linear``). :func:`import_model` turns a user's model into one:
+
+* **architecture by name** — ``"torchvision:resnet18"``, ``"timm:resnet18"``, ``"pytorchcv:resnet20_cifar10"``
+  (or a shieldkit registry name). Built with random weights (``weights=None`` / ``pretrained=False``:
+  nothing is ever downloaded), then loaded from ``weights`` if given — a ``.safetensors`` file or a
+  ``torch.save``'d state_dict read with ``weights_only=True``. pytorchcv names without ``weights`` load
+  from the user's pytorchcv cache (``~/.torch/models/<name>-*.pth``) when the file is there.
+* **TorchScript file** (``torch.jit.load``). Synthesis needs forward hooks on BatchNorm layers and
+  training needs train-mode BN, neither of which a ScriptModule offers (hooks cannot be registered,
+  and a *traced* BN is frozen in eval mode). :func:`unscript` therefore rebuilds an eager module:
+  every BatchNorm becomes a real ``nn.BatchNorm*d`` with the same parameters and statistics, every
+  container that holds one is re-created from its TorchScript code (the code TorchScript prints is
+  Python), and BN-free sub-trees stay compiled. The result is checked against the TorchScript
+  module's outputs; if anything fails it says so and, if an architecture name is also given, the
+  file's state_dict is loaded into that eager architecture instead (the most robust route).
+
+Discovery (with a clear error naming what is missing and how to point at it):
+* the **head** = the last ``nn.Linear`` whose ``out_features`` equals the number of classes
+  (``head_layer=`` / ``--head-layer NAME`` overrides); the **features** = the head's input, read by a
+  forward pre-hook (``features_layer=`` / ``--features-layer NAME`` takes a layer's flattened output
+  instead). The contract ``model(x) == head(features(x))`` is verified on a probe batch.
+* **BatchNorm** layers via :func:`shieldkit.models.introspect.bn_layers` (reported, needed by DSS).
+* Input channels: a 3-channel model fed 1-channel data repeats the grey channel (``gray_to_rgb``).
+
+Normalisation is declared once (``mean``/``std`` of the model's expected input, in [0, 1] pixel
+units) and :func:`check_input_normalisation` catches a wrong declaration: it compares clean accuracy
+(or, without labels, logit statistics) under the declared normalisation with common alternatives and
+the data's own statistics.
+"""
+
+from __future__ import annotations
+import __future__
+
+import copy
+import importlib
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from shieldkit.models.introspect import bn_layers
+from shieldkit.models.registry import MODELS
+from shieldkit.models.wrapper import ModelCard, NormalizedClassifier
+from shieldkit.utils.io import load_tensors, safe_torch_load
+
+SOURCES = ("torchvision", "timm", "pytorchcv", "torchscript", "shieldkit")
+PYTORCHCV_CACHE = Path("~/.torch/models")
+COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "none (mean 0, std 1)": ((0.0,), (1.0,)),
+    "mean 0.5, std 0.5 ([-1, 1])": ((0.5,), (0.5,)),
+    "ImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "CIFAR-10 (pytorchcv)": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+
+
+class ModelImportError(ValueError):
+    """A model could not be imported as asked; the message says what is missing and which option fixes it."""
+
+
+# ----------------------------------------------------------------------------- building architectures
+def parse_arch(arch: str) -> tuple[str, str]:
+    """``"timm:resnet18"`` → ``("timm", "resnet18")``; a bare registry name → ``("shieldkit", name)``."""
+    if ":" in arch:
+        source, name = arch.split(":", 1)
+        if source not in SOURCES:
+            raise ModelImportError(f"unknown model source {source!r} in {arch!r}; use one of {', '.join(SOURCES)}")
+        return source, name
+    return "shieldkit", arch
+
+
+def build_architecture(arch: str, num_classes: int | None = None, in_channels: int | None = None) -> nn.Module:
+    """Instantiate ``arch`` with random weights (never downloads anything)."""
+    source, name = parse_arch(arch)
+    kw = {} if num_classes is None else {"num_classes": num_classes}
+    if source == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(name, weights=None, **kw)
+        except ValueError as exc:
+            raise ModelImportError(f"torchvision has no architecture {name!r} ({exc})") from exc
+    if source == "timm":
+        import timm
+
+        if not timm.is_model(name):
+            raise ModelImportError(f"timm has no architecture {name!r}; see timm.list_models('{name[:4]}*')")
+        return timm.create_model(name, pretrained=False, **kw, **({} if in_channels is None
+                                                                   else {"in_chans": in_channels}))
+    if source == "pytorchcv":
+        from pytorchcv.model_provider import get_model
+
+        try:
+            return get_model(name, pretrained=False, **kw)
+        except ValueError as exc:
+            raise ModelImportError(f"pytorchcv has no architecture {name!r} ({exc})") from exc
+    if source == "shieldkit":
+        if name not in MODELS:
+            raise ModelImportError(f"unknown architecture {arch!r}: not a shieldkit registry model; prefix it with "
+                                   f"its library, e.g. 'torchvision:{name}' or 'timm:{name}'")
+        return MODELS[name](num_classes=num_classes or 10, in_channels=in_channels or 3, image_size=32)
+    raise ModelImportError(f"{arch!r}: a TorchScript model is a file — pass its path, not an architecture name")
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state_dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``), unwrapping the
+    usual ``{"state_dict": …}`` / ``{"model": …}`` nesting and DataParallel's ``module.`` prefix."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    sd = load_tensors(path) if path.suffix == ".safetensors" else safe_torch_load(path)
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelImportError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+    if all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _load_lenient(net: nn.Module, sd: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    """Load what fits; return (missing, unexpected, wrong-shape) key lists for one clear error message."""
+    own = net.state_dict()
+    shapes = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in sd.items()
+              if k in own and own[k].shape != v.shape]
+    fitting = {k: v for k, v in sd.items() if k not in own or own[k].shape == v.shape}
+    missing, unexpected = net.load_state_dict(fitting, strict=False)
+    return list(missing), list(unexpected), shapes
+
+
+def pytorchcv_cached_weights(name: str, cache: str | Path | None = None) -> Path | None:
+    """The user's already-downloaded pytorchcv weight file for ``name`` (``<name>-<err>-<sha>.pth``), if any."""
+    d = Path(cache if cache is not None else PYTORCHCV_CACHE).expanduser()
+    hits = sorted(d.glob(f"{name}-*.pth")) if d.is_dir() else []
+    return hits[-1] if hits else None
+
+
+def is_torchscript_file(path: str | Path) -> bool:
+    """TorchScript archives are zip files with a ``code/`` directory (``torch.save`` zips have none)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.startswith("code/") for n in zf.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+# ----------------------------------------------------------------------------- TorchScript → eager
+_BN_EAGER = {"BatchNorm1d": nn.BatchNorm1d, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm3d": nn.BatchNorm3d}
+
+
+def _script_original_name(m: nn.Module) -> str | None:
+    return getattr(m, "original_name", None) if isinstance(m, torch.jit.ScriptModule) else None
+
+
+def _contains_bn(m: nn.Module) -> bool:
+    return any(_script_original_name(s) in _BN_EAGER or isinstance(s, nn.modules.batchnorm._BatchNorm)
+               for s in m.modules())
+
+
+def _eager_bn(m: torch.jit.ScriptModule) -> nn.Module:
+    weight = getattr(m, "weight", None)
+    rm = getattr(m, "running_mean", None)
+    num = int((weight if weight is not None else rm).shape[0])
+    eps = getattr(m, "eps", None)
+    momentum = getattr(m, "momentum", None)
+    if eps is None or momentum is None:  # traced BN: the constants are literals in its code
+        nums = re.findall(r"batch_norm\([^)]*?,\s*(?:False|True),\s*([0-9.e+-]+),\s*([0-9.e+-]+)", m.code)
+        momentum, eps = (float(nums[0][0]), float(nums[0][1])) if nums else (0.1, 1e-5)
+    bn = _BN_EAGER[m.original_name](num, eps=float(eps), momentum=float(momentum), affine=weight is not None,
+                                    track_running_stats=rm is not None)
+    with torch.no_grad():
+        for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+            getattr(bn, name).copy_(t)
+    return bn.train(m.training)
+
+
+class _QualifiedName:
+    """Resolves TorchScript's ``__torch__.torch.nn.functional.relu`` (and mangled names) to Python objects."""
+
+    def __init__(self, path: tuple[str, ...] = ()) -> None:
+        self._path = path
+
+    def __getattr__(self, part: str) -> object:
+        if part.startswith("___torch_mangle"):
+            return self
+        path = (*self._path, part)
+        for i in range(len(path), 0, -1):
+            try:
+                obj = importlib.import_module(".".join(path[:i]))
+            except ImportError:
+                continue
+            for p in path[i:]:
+                if not hasattr(obj, p):
+                    return _QualifiedName(path)
+                obj = getattr(obj, p)
+            return obj
+        return _QualifiedName(path)
+
+
+class _TorchShim:
+    """``torch`` as TorchScript prints it: in-place functions such as ``torch.add_(a, b)`` are methods."""
+
+    def __getattr__(self, name: str) -> object:
+        if hasattr(torch, name):
+            return getattr(torch, name)
+        if name.endswith("_"):
+            return lambda t, *a, **k: getattr(t, name)(*a, **k)
+        raise AttributeError(f"torch.{name}")
+
+
+def _namespace(constants: dict) -> dict:
+    import typing
+
+    class _Consts:
+        def __getattr__(self, k: str) -> object:
+            return constants[k]
+
+    return {"torch": _TorchShim(), "__torch__": _QualifiedName(), "ops": torch.ops, "Tensor": torch.Tensor,
+            "annotate": lambda _t, v: v, "uninitialized": lambda _t: None, "unchecked_cast": lambda _t, v: v,
+            "CONSTANTS": _Consts(), "List": typing.List, "Optional": typing.Optional,  # noqa: UP006
+            "Tuple": typing.Tuple, "Dict": typing.Dict, "NoneType": type(None), "math": __import__("math")}  # noqa: UP006
+
+
+def unscript(m: nn.Module) -> nn.Module:
+    """An eager copy of a TorchScript module in which BatchNorm layers are real ``nn.BatchNorm*d``.
+
+    ``nn.Linear`` layers are made eager too (the head's input is read by a hook). Sub-trees without
+    either stay compiled (callable, trainable, their parameters shared with the
+    result's state_dict under the same names). Raises if a container's code cannot be run as Python.
+    """
+    name = _script_original_name(m)
+    if name is None:
+        return m
+    if name in _BN_EAGER:
+        return _eager_bn(m)
+    if name == "Linear":  # eager, so that the head's input (the features) can be read by a hook
+        lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=getattr(m, "bias", None) is not None)
+        with torch.no_grad():
+            lin.load_state_dict(m.state_dict())
+        return lin
+    if not _contains_bn(m) and not any(_script_original_name(s) == "Linear" for s in m.modules()):
+        return m
+    methods: dict[str, object] = {}
+    names = [n for n in m._c._method_names() if not n.startswith("__")]  # dunders (__len__) are not needed
+    for meth in names:
+        code, consts = getattr(m, meth).code_with_constants
+        ns = _namespace(dict(getattr(consts, "const_mapping", consts)))
+        code = re.sub(r"\)\.forward\(", ")(", code)  # call modules, not .forward: hooks must fire
+        exec(compile(code, f"<torchscript {name}.{meth}>", "exec",  # noqa: S102 - code of the user's own model
+                     flags=__future__.annotations.compiler_flag, dont_inherit=True), ns)
+        methods[meth] = ns[meth]
+    cls = type(f"Unscripted{name}", (nn.Module,), methods)
+    eager = cls()
+    for cname, child in m.named_children():
+        eager.add_module(cname, unscript(child))
+    for pname, p in m.named_parameters(recurse=False):
+        eager.register_parameter(pname, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
+    for bname, b in m.named_buffers(recurse=False):
+        eager.register_buffer(bname, b.detach().clone())
+    code = "\n".join(getattr(m, meth).code for meth in names)
+    for attr in set(re.findall(r"self\.([A-Za-z_]\w*)", code)) - {"training"}:
+        if attr not in eager._modules and attr not in eager._parameters and attr not in eager._buffers:
+            try:
+                setattr(eager, attr, getattr(m, attr))
+            except AttributeError:
+                continue
+    return eager.train(m.training)
+
+
+def load_torchscript(path: str | Path, arch: str | None = None, num_classes: int | None = None,
+                     in_channels: int | None = None, image_size: int | None = None) -> tuple[nn.Module, str]:
+    """Load a TorchScript file as an eager module; returns (module, how) with ``how`` one of
+    ``"arch"`` (state_dict into ``arch``), ``"unscripted"`` or ``"scripted"`` (no BN hooks possible)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"TorchScript file {path} does not exist")
+    ts = torch.jit.load(str(path), map_location="cpu")
+    if arch is not None:
+        net = build_architecture(arch, num_classes, in_channels)
+        missing, unexpected, shapes = _load_lenient(net, ts.state_dict())
+        if missing or unexpected or shapes:
+            raise ModelImportError(f"{path}: its state_dict does not fit {arch!r} (missing {missing[:4]}, unexpected "
+                                   f"{unexpected[:4]}, wrong shapes {shapes[:3]}); drop --arch to import the "
+                                   f"TorchScript module itself")
+        return net, "arch"
+    try:
+        eager = unscript(ts)
+        if image_size is not None:
+            c = _first_conv_in_channels(ts) or in_channels or 3
+            probe = torch.rand(2, c, image_size, image_size, generator=torch.Generator().manual_seed(0))
+            ts.eval()
+            eager.eval()
+            with torch.no_grad():
+                a, b = ts(probe), eager(probe)
+            if not torch.allclose(a, b, rtol=1e-4, atol=1e-5):
+                raise RuntimeError(f"outputs differ (max |Δ| = {(a - b).abs().max().item():.3g})")
+        return eager, "unscripted"
+    except Exception as exc:  # noqa: BLE001 - any failure falls back to the compiled module, loudly
+        warnings.warn(f"{path}: could not rebuild an eager module from the TorchScript code ({exc}). Using it "
+                      f"compiled: evaluation works, but synthesis (BN hooks) and train-mode BN do not. Pass "
+                      f"--arch NAME (e.g. torchvision:resnet18) to load its weights into an eager architecture.",
+                      stacklevel=2)
+        return ts, "scripted"
+
+
+# ----------------------------------------------------------------------------- the backbone adapter
+def find_head(model: nn.Module, num_classes: int | None, head_layer: str | None = None) -> str:
+    """Name of the final classifier ``nn.Linear`` (see module docstring); clear error if none fits."""
+    modules = dict(model.named_modules())
+    linears = [(n, m) for n, m in modules.items() if isinstance(m, nn.Linear)
+               or _script_original_name(m) == "Linear"]
+    if head_layer is not None:
+        if head_layer not in dict(linears):
+            what = "is not a layer of the model" if head_layer not in modules else "is not an nn.Linear"
+            raise ModelImportError(f"--head-layer {head_layer!r} {what}; the model's Linear layers are: "
+                                   f"{', '.join(n for n, _ in linears) or 'none'}")
+        return head_layer
+    fitting = [n for n, m in linears if num_classes is None or m.out_features == num_classes]
+    if not fitting:
+        found = ", ".join(f"{n} ({m.in_features}→{m.out_features})" for n, m in linears) or "none"
+        raise ModelImportError(f"could not find the final nn.Linear producing {num_classes} logits (Linear layers "
+                               f"found: "
+                               f"{found}). Point at the classifier with --head-layer NAME (head_layer=...), or at the "
+                               f"penultimate features with --features-layer NAME.")
+    return fitting[-1]
+
+
+class ImportedBackbone(nn.Module):
+    """The registry's backbone contract (``forward_features`` → (N, d), ``head``) for any classifier.
+
+    ``forward_features`` runs the model and reads the head's input with a forward pre-hook (or the
+    flattened output of ``features_layer``), so it works for torchvision, timm and pytorchcv layouts
+    alike and keeps the autograd graph (attacks and UniG differentiate through it).
+    """
+
+    def __init__(self, model: nn.Module, head_name: str, features_layer: str | None = None,
+                 channel_repeat: int = 1) -> None:
+        super().__init__()
+        self.model = model
+        self.head_name = head_name
+        self.features_layer = features_layer
+        self.channel_repeat = channel_repeat
+
+    def __deepcopy__(self, memo: dict) -> ImportedBackbone:
+        """Deep copy that keeps parameters leaf tensors. ``copy.deepcopy`` of a compiled TorchScript
+        sub-module clones its parameters *with* autograd history (non-leaf: an optimiser refuses them);
+        copying under ``no_grad`` and restoring the flags avoids it (``init_student`` deep-copies)."""
+        flags = [p.requires_grad for p in self.parameters()]
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        with torch.no_grad():
+            new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        for p, f in zip(new.parameters(), flags, strict=True):
+            p.requires_grad_(f)
+        return new
+
+    def _expand(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, self.channel_repeat, 1, 1) if self.channel_repeat > 1 else x
+
+    @property
+    def head(self) -> nn.Module:
+        return _submodule(self.model, self.head_name)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(self._expand(x))
+        if not isinstance(out, torch.Tensor):
+            raise ModelImportError(f"the model returned {type(out).__name__}, not a logits tensor (auxiliary "
+                                   f"outputs?); "
+                                   f"wrap it so forward returns logits only")
+        return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        layer = _submodule(self.model, self.features_layer or self.head_name)
+        if isinstance(layer, torch.jit.ScriptModule):
+            raise ModelImportError("features of a compiled TorchScript layer cannot be read (no hooks on "
+                                   "ScriptModules); "
+                                   "import the model with --arch NAME so it is rebuilt as an eager module")
+        box: list[torch.Tensor] = []
+        if self.features_layer is None:
+            handle = layer.register_forward_pre_hook(lambda _m, inp: box.append(inp[0]))
+        else:
+            handle = layer.register_forward_hook(lambda _m, _i, out: box.append(out))
+        try:
+            self.model(self._expand(x))
+        finally:
+            handle.remove()
+        if not box:
+            raise ModelImportError(f"layer {self.features_layer or self.head_name!r} was not called in forward; "
+                                   f"point --features-layer / --head-layer at layers the model uses")
+        return box[-1].flatten(1)
+
+
+def _first_conv_in_channels(model: nn.Module) -> int | None:
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            return m.in_channels
+        if _script_original_name(m) == "Conv2d":
+            return int(m.weight.shape[1]) * int(getattr(m, "groups", 1))
+    return None
+
+
+def import_model(source: str | Path, *, arch: str | None = None, weights: str | Path | None = None,
+                 num_classes: int | None = None, in_channels: int | None = None, image_size: int = 32,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 head_layer: str | None = None, features_layer: str | None = None, dataset: str = "",
+                 classes: Sequence[str] | None = None, require_bn: bool = False) -> NormalizedClassifier:
+    """Import a user's model as a :class:`NormalizedClassifier` (see the module docstring).
+
+    ``source``: an architecture name (``"timm:resnet18"`` …) or a TorchScript file path. ``arch`` with a
+    TorchScript file loads the file's weights into that eager architecture. ``weights``: a state_dict
+    file for an architecture name. ``in_channels``/``image_size``: the *data's* image shape (a 3-channel
+    model given 1-channel data repeats the channel). ``mean``/``std``: the normalisation the model
+    expects, in [0, 1] units, one value or one per data channel (default 0 and 1: the model takes
+    [0, 1] images as they are). ``require_bn`` raises now (instead of at synthesis) without BatchNorm.
+    """
+    spec: dict = {}
+    src = str(source)
+    path = Path(src).expanduser()
+    if path.exists() and is_torchscript_file(path):
+        net, how = load_torchscript(path, arch, num_classes, in_channels, image_size)
+        spec = {"source": "torchscript", "path": str(path.resolve()), "how": how, "arch": arch}
+    elif path.exists():
+        raise ModelImportError(f"{path} is a file but not a TorchScript archive; for a state_dict pass the "
+                               f"architecture name as the source and the file as weights (e.g. "
+                               f"`shieldkit import-model timm:resnet18 --weights {path}`)")
+    else:
+        if arch is not None:
+            raise ModelImportError(f"arch= is for TorchScript files only, but {src!r} is not an existing file; for an "
+                                   f"architecture by name pass it as the source (e.g. 'timm:resnet18')")
+        net = build_architecture(src, num_classes, in_channels)
+        src_kind, name = parse_arch(src)
+        if weights is None and src_kind == "pytorchcv":
+            weights = pytorchcv_cached_weights(name)
+            if weights is None:
+                warnings.warn(f"no cached pytorchcv weights for {name!r} under {PYTORCHCV_CACHE} (shieldkit never "
+                              f"downloads): the model has random weights; pass --weights FILE", stacklevel=2)
+        elif weights is None:
+            warnings.warn(f"{src}: no --weights given, the model has random (untrained) weights", stacklevel=2)
+        if weights is not None:
+            sd = load_state_dict_file(weights)
+            missing, unexpected, shapes = _load_lenient(net, sd)
+            if missing or unexpected or shapes:
+                raise ModelImportError(f"{weights} does not fit {src}: missing keys {missing[:5]}, unexpected "
+                                       f"keys {unexpected[:5]}, wrong shapes {shapes[:3]} — is it the state_dict of "
+                                       f"this architecture (and num_classes)?")
+        spec = {"source": src_kind, "arch": src, "weights": str(weights) if weights else None}
+
+    head_name = find_head(net, num_classes, head_layer)
+    head = _submodule(net, head_name)
+    num_classes = num_classes or int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+    model_c = _first_conv_in_channels(net)
+    data_c = in_channels or model_c or 3
+    repeat = 1
+    if model_c is not None and model_c != data_c:
+        if data_c == 1:
+            repeat = model_c
+        else:
+            raise ModelImportError(f"the model's first convolution takes {model_c} channels but the data has {data_c}")
+    mean_l = _per_channel(mean, 0.0, data_c, "mean")
+    std_l = _per_channel(std, 1.0, data_c, "std")
+    if any(s <= 0 for s in std_l):
+        raise ModelImportError(f"std must be positive, got {std_l}")
+    backbone = ImportedBackbone(net, head_name, features_layer, repeat)
+    card = ModelCard(arch=f"imported:{spec.get('arch') or spec.get('path')}", num_classes=num_classes,
+                     in_channels=data_c, image_size=image_size, mean=mean_l, std=std_l, dataset=dataset,
+                     classes=list(classes) if classes is not None else [str(i) for i in range(num_classes)],
+                     extra={"import": {**spec, "head_layer": head_name, "features_layer": features_layer,
+                                       "channel_repeat": repeat,
+                                       "bn_layers": [n for n, _ in bn_layers(net)]}})
+    model = NormalizedClassifier(backbone, card).eval()
+    _check_contract(model, data_c, image_size, num_classes)
+    if require_bn and not bn_layers(model):
+        raise ModelImportError("the imported model has no (eager) BatchNorm layer with running statistics, which DSS "
+                               "synthesis needs (Eq 4); for a TorchScript file pass --arch so it loads eagerly")
+    return model
+
+
+def _per_channel(v: Sequence[float] | float | None, default: float, c: int, what: str) -> list[float]:
+    if v is None:
+        return [default] * c
+    vals = [float(v)] if isinstance(v, int | float) else [float(t) for t in v]
+    if len(vals) == 1:
+        return vals * c
+    if len(vals) != c:
+        raise ModelImportError(f"{what} has {len(vals)} values but the data has {c} channels")
+    return vals
+
+
+def _check_contract(model: NormalizedClassifier, c: int, size: int, num_classes: int) -> None:
+    """``forward`` returns (N, num_classes) logits equal to ``head(features)``, checked on a probe batch."""
+    x = torch.rand(2, c, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            logits = model(x)
+        except Exception as exc:
+            raise ModelImportError(f"the imported model fails on a {c}×{size}×{size} input "
+                                   f"({type(exc).__name__}: {exc}); "
+                                   f"check in_channels / image_size") from exc
+        if logits.ndim != 2 or logits.shape[1] != num_classes:
+            raise ModelImportError(f"the model returns shape {tuple(logits.shape)}, expected (N, {num_classes}) logits")
+        try:
+            feats = model.features(x)
+        except ModelImportError:
+            return  # compiled TorchScript: features unavailable, said clearly when asked for
+        try:
+            via_head = model.head(feats)
+        except RuntimeError:
+            via_head = None
+        if (via_head is None or via_head.shape != logits.shape
+                or not torch.allclose(via_head, logits, rtol=1e-4, atol=1e-5)):
+            raise ModelImportError(f"model(x) != head(features(x)) with head {model.net.head_name!r}: something runs "
+                                   f"after that layer. Point at the real classifier with --head-layer NAME and at the "
+                                   f"penultimate features with --features-layer NAME.")
+
+
+# ----------------------------------------------------------------------------- normalisation sanity check
+class NormalisationMismatch(ValueError):  # noqa: N818 - named for what users see
+    """The declared input normalisation is very likely wrong for this model."""
+
+
+@torch.no_grad()
+def check_input_normalisation(model: NormalizedClassifier, x: torch.Tensor, y: torch.Tensor | None = None, *,
+                              margin: float = 0.15, raise_on_mismatch: bool = True,
+                              device: str | torch.device = "cpu") -> dict:
+    """Is the declared ``mean``/``std`` the one the model was trained with?
+
+    With labels: clean accuracy under the declared normalisation vs the alternatives (none, ±1,
+    ImageNet, CIFAR, and the data's own per-channel statistics); if one beats the declared one by more
+    than ``margin`` (absolute accuracy), it is a mismatch. Without labels: the logit statistics — a
+    model fed wrongly scaled inputs typically predicts one class for most images; if the declared
+    normalisation's predictions collapse (> 90 % one class) while an alternative's do not, mismatch.
+    Returns the measurements; raises :class:`NormalisationMismatch` (or warns) with the fix.
+    """
+    c = model.card.in_channels
+    x = x.to(device)
+    data_mean = x.mean(dim=(0, 2, 3)).tolist()
+    data_std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
+    candidates = {"declared": (model.card.mean, model.card.std), "data statistics": (data_mean, data_std)}
+    for k, (m, s) in COMMON_NORMALISATIONS.items():
+        if len(m) in (1, c):
+            candidates[k] = (list(m) * (c // len(m)), list(s) * (c // len(s)))
+    old_mean, old_std = model.mean.clone(), model.std.clone()
+    model.to(device).eval()
+    scores: dict[str, dict] = {}
+    try:
+        for k, (m, s) in candidates.items():
+            model.mean.copy_(torch.tensor(m).view_as(model.mean))
+            model.std.copy_(torch.tensor(s).view_as(model.std))
+            logits = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
+            pred = logits.argmax(1).cpu()
+            top_share = pred.bincount(minlength=logits.shape[1]).max().item() / len(pred)
+            scores[k] = {"mean": [round(v, 4) for v in m], "std": [round(v, 4) for v in s],
+                         "top_class_share": top_share, "logit_std": logits.std().item()}
+            if y is not None:
+                scores[k]["accuracy"] = (pred == y.cpu()).float().mean().item()
+    finally:
+        model.mean.copy_(old_mean)
+        model.std.copy_(old_std)
+    declared = scores["declared"]
+    if y is not None:
+        best = max(scores, key=lambda k: scores[k]["accuracy"])
+        bad = scores[best]["accuracy"] - declared["accuracy"] > margin
+        evidence = (f"clean accuracy {declared['accuracy']:.1%} with the declared normalisation, "
+                    f"{scores[best]['accuracy']:.1%} with '{best}'")
+    else:
+        ok = [k for k in scores if k != "declared" and scores[k]["top_class_share"] < 0.5]
+        best = ok[0] if ok else "declared"
+        bad = declared["top_class_share"] > 0.9 and bool(ok)
+        evidence = (f"{declared['top_class_share']:.0%} of the images get the same class with the declared "
+                    f"normalisation, {scores[best]['top_class_share']:.0%} with '{best}'")
+    report = {"ok": not bad, "best": best, "candidates": scores}
+    if bad:
+        msg = (f"input normalisation mismatch: {evidence}. The model probably expects inputs normalised with "
+               f"mean={scores[best]['mean']} std={scores[best]['std']} (declared mean={model.card.mean} "
+               f"std={model.card.std}). Declare it with --mean/--std (in [0, 1] pixel units).")
+        if raise_on_mismatch:
+            raise NormalisationMismatch(msg)
+        warnings.warn(msg, stacklevel=2)
+    return report
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    """``get_submodule`` that also works on (partly) compiled TorchScript modules."""
+    mods = dict(model.named_modules())
+    if name not in mods:
+        raise ModelImportError(f"the model has no layer named {name!r}")
+    return mods[name]
+
+
+# ----------------------------------------------------------------------------- saving / reloading
+def rebuild_imported(card: ModelCard) -> NormalizedClassifier:
+    """Re-create an imported model's architecture from its card (weights are then loaded by the caller).
+
+    The import spec in ``card.extra["import"]`` names the architecture (or the TorchScript file, which
+    must still exist: its code is the architecture) and the head/features/channel choices.
+    """
+    spec = card.extra.get("import")
+    if not spec:
+        raise ModelImportError(f"model card for {card.arch!r} carries no import spec; it was not made by import_model")
+    source = spec["path"] if spec["source"] == "torchscript" else spec["arch"]
+    arch = spec.get("arch") if spec["source"] == "torchscript" else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "random weights": the trained weights are loaded next
+        return import_model(source, arch=arch, num_classes=card.num_classes, in_channels=card.in_channels,
+                            image_size=card.image_size, mean=card.mean, std=card.std,
+                            head_layer=spec.get("head_layer"), features_layer=spec.get("features_layer"),
+                            dataset=card.dataset, classes=card.classes)
+
+
+def load_imported(path: str | Path, device: str | torch.device = "cpu") -> NormalizedClassifier:
+    """Load a model saved with :func:`shieldkit.models.save_model` that came from :func:`import_model`
+    (``load_model`` only knows registry architectures); registry models are passed to ``load_model``."""
+    from shieldkit.models.io import _paths, load_model
+    from shieldkit.utils.io import read_json
+
+    weights, sidecar = _paths(path)
+    if not sidecar.exists():
+        raise FileNotFoundError(f"{sidecar}: missing JSON sidecar of {weights}")
+    card = ModelCard.from_dict(read_json(sidecar))
+    if not card.arch.startswith("imported:"):
+        return load_model(path, device=str(device))
+    model = rebuild_imported(card)
+    model.card.extra = dict(card.extra)
+    model.load_state_dict(load_tensors(weights), strict=True)
+    return model.to(device).eval()

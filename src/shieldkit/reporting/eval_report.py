@@ -1,0 +1,132 @@
+"""Render an evaluation (``shieldkit.evaluation.suite.evaluate``'s dict) as a terminal table and as a
+self-contained HTML page (plots embedded as base64 PNG, no external assets), so the report can be
+mailed or archived and still show everything."""
+
+from __future__ import annotations
+
+import base64
+import html
+
+_COLORS = {"pass": "#1e8449", "warn": "#b9770e", "fail": "#c0392b"}
+
+
+def _pct(a: float | None) -> str:
+    return "—" if a is None else f"{100 * a:.1f}%"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def render_html(res: dict, pngs: dict[str, bytes]) -> str:
+    e = html.escape
+    trusted = res.get("trustworthy", False)
+    head_col = (
+        _COLORS["pass"]
+        if trusted and all(c["verdict"] == "pass" for c in res["audit"])
+        else (_COLORS["warn"] if trusted else _COLORS["fail"])
+    )
+    rows = []
+    for a in res["attacks"]:
+        rows.append(
+            f"<tr><td>{e(a['name'])}</td><td>{e(a['family'])}</td><td class=num>{_pct(a['acc'])}</td>"
+            f"<td class=num>{_ci(a['ci'])}</td><td class=num>{a['n']}</td>"
+            f"<td class=num>{a['wall_time_s']:.1f}</td><td class=num>{a['forwards']:,}</td>"
+            f"<td class=num>{a['backwards']:,}</td><td>{'✓' if a['in_worst_case'] else 'curve/check'}</td>"
+            f"<td class=small>{e(_params(a['params']))}</td></tr>"
+        )
+    checks = "".join(
+        f"<tr><td>{e(c['name'])}</td><td style='color:{_COLORS[c['verdict']]};font-weight:bold'>"
+        f"{e(c['verdict'].upper())}</td><td>{e(c['evidence'])}</td></tr>"
+        for c in res["audit"]
+    )
+    imgs = "".join(
+        f"<figure><img alt='{e(k)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'/>"
+        f"<figcaption>{e(k.replace('_', ' '))}</figcaption></figure>"
+        for k, b in pngs.items()
+    )
+    notes = "".join(f"<li>{e(n)}</li>" for n in res.get("notes", []))
+    prov = res.get("provenance", {})
+    pk = ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items())
+    model = res.get("model", {})
+    arch = e(str(model.get("arch", model.get("class", ""))))
+    mdata = e(str(model.get("dataset", "")))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>shieldkit evaluation — {arch}</title>
+<style>
+body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;width:100%;margin:1em 0}} td,th{{border:1px solid #ccc;padding:4px 8px}}
+th{{background:#f2f2f2}} .num{{text-align:right;font-variant-numeric:tabular-nums}} .small{{font-size:80%}}
+.headline{{border-left:8px solid {head_col};padding:.6em 1em;background:#fafafa;font-size:110%}}
+figure{{display:inline-block;margin:.5em}} .kv td:first-child{{font-weight:bold;width:14em}}
+</style></head><body>
+<h1>Robustness evaluation</h1>
+<p class="headline">{e(res["headline"])}</p>
+<table class="kv">
+<tr><td>model</td><td>{arch} ({mdata})</td></tr>
+<tr><td>data</td><td>{e(res["dataset"])}, n = {res["n"]} (seed {res["seed"]})</td></tr>
+<tr><td>threat model</td><td>{e(res["threat_model"])}, ε = {res["eps"]:.5g}</td></tr>
+<tr><td>suite</td><td>{e(res["suite"])}</td></tr>
+<tr><td>clean accuracy</td><td>{_pct(res["clean_acc"])}</td></tr>
+<tr><td>AutoAttack accuracy</td><td>{_pct(res["autoattack_acc"])}</td></tr>
+<tr><td>robust accuracy (worst case)</td>
+<td>{_pct(res["robust_acc"])} 95% CI {_ci(res["robust_acc_ci"])}</td></tr>
+<tr><td>wall time</td><td>{res["wall_time_s"]:.1f} s on {e(res["device"])}</td></tr>
+</table>
+<h2>Audit</h2>
+<table><tr><th>check</th><th>verdict</th><th>evidence</th></tr>{checks}</table>
+<h2>Attacks</h2>
+<p>Accuracy = fraction of the n points still classified correctly (clean errors count as broken);
+intervals are 95% Clopper-Pearson. Forward/backward = images passed through the model.</p>
+<table><tr><th>attack</th><th>family</th><th>acc</th><th>95% CI</th><th>n</th><th>time (s)</th>
+<th>forwards</th><th>backwards</th><th>worst case</th><th>parameters</th></tr>{"".join(rows)}</table>
+<h2>Curves</h2>{imgs}
+<h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
+<h2>Provenance</h2><p class="small">git {e(str(prov.get("git_revision")))} · {e(pk)} ·
+{e(str(prov.get("timestamp_utc", "")))}</p>
+</body></html>
+"""
+
+
+def _params(p: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in p.items())
+
+
+def print_table(res: dict, console=None) -> None:  # noqa: ANN001
+    """Rich terminal summary: attacks, audit, headline."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=f"{res['threat_model']} ε={res['eps']:.4g} · n={res['n']} · suite {res['suite']}")
+    for col in ("attack", "family", "acc", "95% CI", "time s", "fwd", "bwd"):
+        t.add_column(col, justify="right" if col not in ("attack", "family") else "left")
+    for a in res["attacks"]:
+        name = a["name"] if a["in_worst_case"] else f"[dim]{a['name']}[/]"
+        t.add_row(
+            name,
+            a["family"],
+            _pct(a["acc"]),
+            _ci(a["ci"]),
+            f"{a['wall_time_s']:.1f}",
+            f"{a['forwards']:,}",
+            f"{a['backwards']:,}",
+        )
+    t.add_row(
+        "[bold]worst case[/]",
+        "all",
+        f"[bold]{_pct(res['robust_acc'])}[/]",
+        _ci(res["robust_acc_ci"]),
+        f"{res['wall_time_s']:.1f}",
+        "",
+        "",
+    )
+    console.print(t)
+    a = Table(title="audit")
+    for col in ("check", "verdict", "evidence"):
+        a.add_column(col)
+    style = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+    for c in res["audit"]:
+        a.add_row(c["name"], f"[{style[c['verdict']]}]{c['verdict']}[/]", c["evidence"])
+    console.print(a)
+    console.print(f"[bold]{res['headline']}[/]")

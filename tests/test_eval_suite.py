@@ -1,0 +1,323 @@
+"""End-to-end: `shieldkit evaluate` on a real MNIST-5k teacher, on deliberately masked versions of it,
+and the audit's individual checks on hand-made evidence."""
+
+import json
+from html.parser import HTMLParser
+
+import pytest
+import torch
+from torch import nn
+
+from shieldkit.data import load_dataset
+from shieldkit.evaluation import audit as A
+from shieldkit.evaluation.suite import SUITE_SPECS, evaluate
+from shieldkit.models import create_model, save_model
+from shieldkit.training.standard import StandardTrainConfig, train_classifier
+
+EPS = 0.2  # the demo threat model (ℓ∞, ε = 0.2 on MNIST-5k)
+# quick suite with AutoAttack reduced to APGD-CE: keeps each masked-model run to a few seconds
+FAST = SUITE_SPECS["quick"].__class__(
+    **{
+        **SUITE_SPECS["quick"].__dict__,
+        "aa_attacks": ("apgd-ce",),
+        "iter_curve": (1, 5, 20),
+        "eps_factors": (0.5, 1.0),
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    torch.manual_seed(0)
+    m = create_model("mnist_cnn", dataset="mnist5k")
+    train_classifier(m, load_dataset("mnist5k", "train"), StandardTrainConfig(epochs=2, batch_size=32, seed=0), "cpu")
+    m.eval()
+    path = tmp_path_factory.mktemp("teacher") / "teacher.safetensors"
+    save_model(m, path)
+    return m, path
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_dataset("mnist5k", "test")
+
+
+class _Imgs(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.imgs.append(dict(attrs))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_cli_on_standard_teacher_breaks_it_and_audit_passes(teacher, tmp_path):
+    from typer.testing import CliRunner
+
+    from shieldkit.cli.main import app
+
+    _, path = teacher
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            "--model",
+            str(path),
+            "--data",
+            "mnist5k",
+            "--eps",
+            "0.2",
+            "--suite",
+            "quick",
+            "--n",
+            "40",
+            "--seed",
+            "0",
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "evaluation.json").read_text())
+    for key in (
+        "clean_acc",
+        "autoattack_acc",
+        "robust_acc",
+        "pgd_acc",
+        "eps",
+        "norm",
+        "threat_model",
+        "n",
+        "audit",
+        "attacks",
+        "provenance",
+        "seed",
+    ):
+        assert key in res
+    assert res["threat_model"] == "Linf" and res["n"] == 40 and res["eps"] == pytest.approx(0.2)
+    assert res["clean_acc"] >= 0.9
+    assert res["pgd_acc"] <= 0.05 and res["autoattack_acc"] <= 0.05 and res["robust_acc"] <= 0.05
+    assert [c["verdict"] for c in res["audit"]] == ["pass"] * len(res["audit"]), res["audit"]
+    assert res["trustworthy"] and res["headline"].startswith("Trustworthy")
+    for a in res["attacks"]:  # n, CI, time and forward/backward counts for every attack
+        assert a["n"] == 40 and a["ci"][0] <= a["acc"] <= a["ci"][1] and a["wall_time_s"] >= 0
+        assert a["forwards"] >= 40 or a["name"] == "clean"
+    assert any(a["backwards"] > 0 for a in res["attacks"])
+    # the report: self-contained HTML with both curves embedded as PNG
+    p = _Imgs()
+    p.feed((out / "report.html").read_text())
+    srcs = [i["src"] for i in p.imgs]
+    assert len(srcs) >= 2 and all(s.startswith("data:image/png;base64,") for s in srcs)
+    assert {i["alt"] for i in p.imgs} >= {"eps_curve", "iteration_curve"}
+    assert "Trustworthy" in "".join(p.text)
+    assert (out / "eps_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _quantize(x):
+    return torch.round(x * 4) / 4
+
+
+def test_quantised_input_is_flagged_and_bpda_breaks_it(teacher, test_set):
+    m, _ = teacher
+    res = evaluate(
+        m,
+        test_set,
+        norm="linf",
+        eps=EPS,
+        suite="quick",
+        n=20,
+        seed=0,
+        device="cpu",
+        preprocess=_quantize,
+        spec=FAST,
+    )
+    verdicts = {c["name"]: c["verdict"] for c in res["audit"]}
+    assert verdicts["input_gradients"] == "fail"  # round() has zero gradient everywhere
+    assert verdicts["adaptive_vs_standard"] == "fail"  # BPDA beats every standard attack
+    assert not res["trustworthy"] and res["headline"].startswith("NOT TRUSTWORTHY")
+    acc = {a["name"]: a["acc"] for a in res["attacks"]}
+    assert acc["clean"] >= 0.9
+    assert acc["fgsm"] >= 0.8  # the masked gradient fools single-step attacks
+    bpda = min(v for k, v in acc.items() if k.startswith("bpda"))
+    assert bpda <= 0.05 and res["robust_acc"] <= 0.05
+    assert res["autoattack_acc"] > bpda + 0.2  # standard AutoAttack overestimates robustness
+
+
+class _Temperature(nn.Module):
+    """Saturated softmax: logits × T (what defensive distillation at T=100 amounts to at test time)."""
+
+    def __init__(self, model, t):
+        super().__init__()
+        self.model, self.t = model, t
+
+    def forward(self, x):
+        return self.model(x) * self.t
+
+    def features(self, x):
+        return self.model.features(x)
+
+
+def test_saturated_softmax_is_flagged_and_margin_attack_breaks_it(teacher, test_set):
+    m, _ = teacher
+    res = evaluate(
+        _Temperature(m, 1000.0).eval(),
+        test_set,
+        norm="linf",
+        eps=EPS,
+        suite="quick",
+        n=20,
+        seed=0,
+        device="cpu",
+        spec=FAST,
+    )
+    verdicts = {c["name"]: c["verdict"] for c in res["audit"]}
+    assert verdicts["input_gradients"] == "fail" and verdicts["loss_consistency"] == "warn"
+    acc = {a["name"]: a["acc"] for a in res["attacks"]}
+    assert acc["fgsm"] >= 0.8  # CE gradient is exactly/almost zero
+    assert acc["cw-linf-margin-pgd-20"] <= 0.05  # the logit-margin (CW) loss ignores the temperature
+    rescaled = [v for k, v in acc.items() if "logits/" in k]
+    assert rescaled and rescaled[0] <= 0.05  # adaptive: CE on logits / T
+    assert res["robust_acc"] <= 0.05 and not res["trustworthy"]
+
+
+def test_probes_flag_softmax_train_mode_and_randomness(teacher, test_set):
+    m, _ = teacher
+    x = test_set.x[:16]
+    assert A.check_softmax(nn.Sequential(m, nn.Softmax(1)), x)["verdict"] == "fail"
+    assert A.check_softmax(m, x)["verdict"] == "pass"
+    noisy = nn.Sequential(nn.Dropout(0.3), m)
+    assert A.check_eval_mode(noisy.train())["verdict"] == "warn"
+    probe = A.probe_randomness(noisy, x)
+    assert probe["random"] and A.check_randomness(probe, eot_samples=0)["verdict"] == "fail"
+    assert A.check_randomness(probe, eot_samples=10)["verdict"] == "warn"
+    noisy.eval()
+    assert not A.probe_randomness(noisy, x)["random"]
+
+
+def test_audit_checks_on_hand_made_evidence():
+    assert A.check_single_vs_iterative(0.10, 0.40, "PGD-20", 100)["verdict"] == "fail"
+    assert A.check_single_vs_iterative(0.60, 0.40, "PGD-20", 100)["verdict"] == "pass"
+    assert A.check_iterations([(1, 0.6), (10, 0.3), (100, 0.5)], 100)["verdict"] == "fail"
+    assert A.check_iterations([(1, 0.6), (10, 0.45), (100, 0.30)], 100)["verdict"] == "warn"
+    assert A.check_iterations([(1, 0.6), (10, 0.31), (100, 0.30)], 100)["verdict"] == "pass"
+    assert A.check_restarts(0.40, 0.30, 5, 100)["verdict"] == "warn"
+    assert A.check_restarts(0.40, 0.41, 5, 100)["verdict"] == "fail"
+    assert A.check_unbounded(0.30, 1.0, 100)["verdict"] == "fail"
+    assert A.check_unbounded(0.0, 1.0, 100)["verdict"] == "pass"
+    assert A.check_eps_monotone([(0.1, 0.5), (0.2, 0.7)], 100)["verdict"] == "fail"
+    assert A.check_blackbox({"square": 0.2}, {"pgd": 0.5}, 100)["verdict"] == "fail"
+    assert A.check_blackbox({"square": 0.5}, {"pgd": 0.4}, 100)["verdict"] == "pass"
+    stats = {
+        "ce": {"nan": 0.0, "zero": 0.0, "vanishing": 0.5, "median_norm": 1e-20},
+        "margin": {"nan": 0.0, "zero": 0.0, "vanishing": 0.0, "median_norm": 1.0},
+    }
+    assert A.check_gradients(stats)["verdict"] == "fail"
+    ok, text = A.headline([{"name": "x", "verdict": "pass"}], 0.5, [0.4, 0.6])
+    assert ok and "all 1 audit checks pass" in text
+
+
+def test_bad_arguments_give_clear_errors(teacher, test_set):
+    m, _ = teacher
+    with pytest.raises(ValueError, match="suite"):
+        evaluate(m, test_set, eps=0.1, suite="thorough", device="cpu")
+    with pytest.raises(ValueError, match="eps"):
+        evaluate(m, test_set, eps=0.0, suite="quick", device="cpu")
+    with pytest.raises(ValueError, match="norm"):
+        evaluate(m, test_set, norm="l1", eps=0.1, suite="quick", device="cpu")
+    with pytest.raises(TypeError, match="ImageDataset"):
+        evaluate(m, (test_set.x, test_set.y), eps=0.1, suite="quick", device="cpu")
+
+
+def _tiny(**kw):
+    return SUITE_SPECS["quick"].__class__(**{**FAST.__dict__, **kw})
+
+
+def test_every_attack_family_runs_with_tiny_budgets(teacher, test_set):
+    """Smoke test of the standard/full code paths (Square, SPSA, HopSkipJump, transfer, latent,
+    DataFreeShield-modified attacks with a teacher, restarts) at tiny budgets on 12 points."""
+    m, _ = teacher
+    spec = _tiny(
+        pgd_steps=5,
+        pgd_restarts=2,
+        cw_steps=5,
+        square_queries=30,
+        spsa_iters=1,
+        spsa_samples=8,
+        hopskipjump=True,
+        hsj_iter=1,
+        hsj_eval=20,
+        transfer_epochs=1,
+        latent=True,
+        iter_curve=(1, 5),
+        unbounded_steps=10,
+        aa_rand="never",
+    )
+    train = load_dataset("mnist5k", "train").subset(300, seed=0)
+    res = evaluate(
+        m,
+        test_set,
+        norm="linf",
+        eps=0.05,  # small enough that some points survive the white-box attacks: black-box paths run
+        suite="full",
+        n=12,
+        seed=1,
+        device="cpu",
+        teacher=m,
+        train_data=train,
+        spec=spec,
+    )
+    fams = {a["family"] for a in res["attacks"]}
+    assert fams == {"clean", "white-box", "black-box", "transfer", "adaptive"}
+    names = " ".join(a["name"] for a in res["attacks"])
+    for part in (
+        "square-30",
+        "spsa-1",
+        "hopskipjump",
+        "transfer",
+        "latent",
+        "dfs-modified-pgd (c)",
+        "×2 restarts",
+    ):
+        assert part in names
+    # robust accuracy is the per-point worst case over the attacks at the nominal ε
+    per_point = torch.tensor(res["per_point_robust"], dtype=torch.bool)
+    assert res["robust_acc"] == pytest.approx(per_point.float().mean().item())
+    assert res["robust_acc"] <= min(a["acc"] for a in res["attacks"] if a["in_worst_case"])
+    bb = [a for a in res["attacks"] if a["family"] == "black-box"]
+    assert all(a["backwards"] == 0 and a["forwards"] > 0 for a in bb)  # black-box: queries only
+
+
+def test_l2_threat_model_and_randomised_model_use_eot(teacher, test_set):
+    m, _ = teacher
+
+    class Noisy(nn.Module):  # a randomised defence: Gaussian input noise at test time
+        def __init__(self):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            return self.m((x + 0.05 * torch.randn_like(x)).clamp(0, 1))
+
+    res = evaluate(
+        Noisy().eval(),
+        test_set,
+        norm="l2",
+        eps=2.0,
+        suite="quick",
+        n=8,
+        seed=0,
+        device="cpu",
+        eot_samples=2,
+        spec=_tiny(iter_curve=(1, 5), aa_rand="never", unbounded_steps=10),
+    )
+    assert res["threat_model"] == "L2" and res["randomised"] and res["eot_samples"] == 2
+    verdicts = {c["name"]: c["verdict"] for c in res["audit"]}
+    assert verdicts["randomness"] == "warn"
+    assert any("EOT" in n for n in res["notes"])

@@ -1,0 +1,68 @@
+"""End-to-end: CLI commands and the shield pipeline on tiny settings with the real embedded data."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from shieldkit.cli.main import app
+from shieldkit.models import save_model
+from shieldkit.pipeline import EvalConfig, ShieldConfig, shield
+from shieldkit.reporting.demo_report import write_report
+from shieldkit.synthesis import SynthesisConfig
+from shieldkit.training.robust import RobustTrainConfig, eps_schedule
+
+
+def test_eps_warmup_schedule():
+    assert eps_schedule(0, 10, 0.0) == 1.0
+    assert [round(eps_schedule(s, 10, 0.5), 2) for s in range(6)] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+
+
+def test_shield_pipeline_writes_results_and_report(tmp_path, mnist_teacher, mnist_test):
+    cfg = ShieldConfig(synthesis=SynthesisConfig(n_samples=40, batch_size=20, iterations=5),
+                       training=RobustTrainConfig(eps=0.1, epochs=1, batch_size=20, attack_steps=2),
+                       evaluation=EvalConfig(n=30, aa_n=10, pgd_steps=5))
+    res = shield(mnist_teacher, tmp_path / "run", cfg, test_data=mnist_test, progress=False)
+    for row in ("teacher", "shielded"):
+        r = res[row]
+        assert {"clean_acc", "pgd_acc", "autoattack_acc", "n", "norm", "eps"} <= set(r)
+        assert r["n"] == 30 and r["aa_n"] == 10 and r["eps"] == 0.1 and r["norm"] == "linf"
+        assert r["pgd_acc"] <= r["clean_acc"]
+        lo, hi = r["clean"]["ci"]
+        assert lo <= r["clean_acc"] <= hi
+    assert res["teacher"]["clean_acc"] > 0.8
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["synthesis"]["n_samples"] == 40 and saved["synthesis"]["samples_per_s"] > 0
+    page = write_report(res, tmp_path / "report.html")
+    html = page.read_text()
+    assert "DataFreeShield" in html and "<table>" in html
+    # second call resumes: nothing is recomputed, same shielded model
+    res2 = shield(mnist_teacher, tmp_path / "run", cfg, test_data=mnist_test, progress=False, evaluate_teacher=False)
+    assert res2["shielded"]["clean_acc"] == res["shielded"]["clean_acc"]
+
+
+def test_cli_synthesize_and_train_synthetic(tmp_path, mnist_teacher):
+    save_model(mnist_teacher, tmp_path / "teacher")
+    runner = CliRunner()
+    r = runner.invoke(app, ["synthesize", "--teacher", str(tmp_path / "teacher"), "--out", str(tmp_path / "syn"),
+                            "--n-samples", "20", "--iterations", "3", "--batch-size", "10", "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    assert "20 samples" in r.output
+    args = ["train-synthetic", "--teacher", str(tmp_path / "teacher"), "--synthetic", str(tmp_path / "syn"),
+            "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "10", "--eps", "8/255", "--device", "cpu"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_cli_missing_teacher_is_a_clear_error(tmp_path):
+    r = CliRunner().invoke(app, ["synthesize", "--teacher", str(tmp_path / "none"), "--out", str(tmp_path / "s")])
+    assert r.exit_code != 0
+    assert isinstance(r.exception, FileNotFoundError) and "sidecar" in str(r.exception)
+
+
+@pytest.mark.parametrize("eps", ["8/255", "0.25"])
+def test_parse_eps(eps):
+    from shieldkit.cli.common import parse_eps
+
+    assert parse_eps(eps) == pytest.approx(eval(eps))
