@@ -129,7 +129,7 @@ def test_eot_pgd_beats_single_sample_pgd(clf: nn.Module, data) -> None:  # noqa:
             out.append(correct_mask(pipe, xa, y).float().mean())
         return float(torch.stack(out).mean())
 
-    assert acc(x) > 0.4  # the randomised pipeline still classifies clean digits
+    assert acc(x) > 0.2  # half the pixels masked, no purifier: still far above chance (0.1) on clean digits
     assert acc(x_eot) < acc(x_single)
 
 

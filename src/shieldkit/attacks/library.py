@@ -355,7 +355,7 @@ def run_decision_attack(
                 norm=np.inf if norm == "linf" else 2,
                 max_iter=max_iter,
                 max_eval=max_eval,
-                init_eval=init_eval,
+                init_eval=min(init_eval, max(max_eval - 1, 1)),  # ART needs max_eval > init_eval
                 verbose=False,
             )
         elif method == "boundary":

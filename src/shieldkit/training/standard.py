@@ -67,7 +67,7 @@ def train_classifier(model: nn.Module, data: ImageDataset, cfg: StandardTrainCon
     total = cfg.epochs * steps_per_epoch
     # One-cycle needs a few steps to ramp up and down; very short runs (tests) use a constant lr.
     sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total, pct_start=0.25)
-             if total > 8 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+             if total > 4 else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
     with progress_bar("teacher", total=total, enabled=progress) as bar:
         for epoch in range(cfg.epochs):
             g = make_generator(derive_seed(cfg.seed, "epoch", epoch))
