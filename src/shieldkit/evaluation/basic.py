@@ -28,14 +28,31 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
     return torch.cat(out)
 
 
+def _stratified_positions(y: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+    """Positions of a class-balanced, seeded ``m``-point subset of labels ``y`` (sorted)."""
+    if m >= len(y):
+        return torch.arange(len(y))
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(y), generator=g)
+    buckets = [perm[y[perm] == c].tolist() for c in torch.unique(y).tolist()]
+    order: list[int] = []
+    k = 0
+    while len(order) < m:
+        order.extend(b[k] for b in buckets if k < len(b))
+        k += 1
+    return torch.tensor(sorted(order[:m]))
+
+
 def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", eps: float = 0.2,
                    n: int | None = 1000, seed: int = 0, pgd_steps: int = 20, pgd_restarts: int = 1,
                    autoattack: bool = True, aa_version: str = "standard", aa_n: int | None = None,
                    batch_size: int = 250, device: str | torch.device = "cpu") -> dict:
     """Evaluate ``model`` on a fixed, seeded, class-stratified subset of ``n`` points of ``data``.
 
-    ``aa_n`` (≤ n) evaluates AutoAttack on the first ``aa_n`` of those points only (AutoAttack is by far
-    the slowest step on CPU); its accuracy and CI are then reported on ``aa_n`` points.
+    ``aa_n`` (≤ n) evaluates AutoAttack on a class-stratified ``aa_n``-point subset of those points only
+    (AutoAttack is by far the slowest step on CPU); its accuracy and CI are then reported on ``aa_n``
+    points. (Stratified, not "the first aa_n": datasets stored sorted by class — mnist5k is — would
+    otherwise be attacked on two classes only.)
     Robust accuracy counts a point as robust only if it is classified correctly clean *and* under the
     attack (the per-point worst case of clean and attack).
     """
@@ -70,17 +87,18 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     }
     if autoattack:
         m = len(y) if aa_n is None else min(aa_n, len(y))
+        aa_idx = _stratified_positions(y, m, seed)
         t0 = time.perf_counter()
-        robust, _ = run_autoattack(model, x[:m], y[:m], norm=norm, eps=eps, version=aa_version, seed=seed,
+        robust, _ = run_autoattack(model, x[aa_idx], y[aa_idx], norm=norm, eps=eps, version=aa_version, seed=seed,
                                    batch_size=batch_size, device=device)
         t_aa = time.perf_counter() - t0
-        robust = robust.cpu() & clean_ok[:m]
+        robust = robust.cpu() & clean_ok[aa_idx]
         result["autoattack_acc"] = robust.float().mean().item()
         result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": f"AutoAttack-{aa_version}",
                                 "implementation": "pyautoattack", "seconds": t_aa}
         result["aa_n"] = m
         result["seconds"]["autoattack"] = t_aa
-        result["per_point"] = {"autoattack_robust": robust.int().tolist()}
+        result["per_point"] = {"autoattack_robust": robust.int().tolist(), "autoattack_index": aa_idx.tolist()}
     result["per_point"] = {**result.get("per_point", {}), "clean_correct": clean_ok.int().tolist(),
                            "pgd_robust": pgd_ok.int().tolist()}
     result["provenance"] = provenance()
