@@ -70,6 +70,16 @@ class LabelledObjective(Objective):
 # --------------------------------------------------------------------------------------------------
 
 
+class _BetaObjective(LabelledObjective):
+    """A labelled objective with a non-negative trade-off weight β on its robustness term (TRADES, MART)."""
+
+    def __init__(self, attack: PGDConfig, beta: float = 6.0) -> None:
+        super().__init__(attack)
+        if beta < 0:
+            raise ValueError(f"{type(self).__name__} beta must be non-negative")
+        self.beta = beta
+
+
 @register_objective("pgd_at")
 class PGDAT(LabelledObjective):
     """Madry et al. 2018 (Eq 2.1): train only on the PGD-k maximiser of CE inside the ε-ball.
@@ -94,7 +104,7 @@ class StdAT(PGDAT):
 
 
 @register_objective("trades")
-class TRADES(LabelledObjective):
+class TRADES(_BetaObjective):
     """Zhang et al. 2019, Eq 5 / Algorithm 1:
 
         min_θ  CE(f(x), y) + β · max_{x'∈B(x,ε)} KL(p(x) ‖ p(x'))
@@ -104,12 +114,6 @@ class TRADES(LabelledObjective):
     p(x) attached (the reference's ``criterion_kl(log_softmax(model(x_adv)), softmax(model(x)))``),
     KL summed over classes and averaged over the batch. β = 6 is the paper's (1/λ = 6) setting.
     """
-
-    def __init__(self, attack: PGDConfig, beta: float = 6.0) -> None:
-        super().__init__(attack)
-        if beta < 0:
-            raise ValueError("TRADES beta must be non-negative")
-        self.beta = beta
 
     def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, Stats]:
@@ -142,7 +146,7 @@ def mart_bce(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @register_objective("mart")
-class MART(LabelledObjective):
+class MART(_BetaObjective):
     """Wang et al. 2020 ("Improving adversarial robustness requires revisiting misclassified examples"),
     Eq 10 / the lecture's surrogate table:
 
@@ -152,12 +156,6 @@ class MART(LabelledObjective):
     The weight (1 − p_y(x)) — not detached, as in the reference code — emphasises misclassified
     examples. λ = 6 is the paper's CIFAR-10 value (``beta`` in the reference code).
     """
-
-    def __init__(self, attack: PGDConfig, beta: float = 6.0) -> None:
-        super().__init__(attack)
-        if beta < 0:
-            raise ValueError("MART beta must be non-negative")
-        self.beta = beta
 
     def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, Stats]:
