@@ -117,7 +117,7 @@ def demo_config(quick: bool = False) -> ShieldConfig:
             evaluation=EvalConfig(n=200, aa_n=50),
         )
     return ShieldConfig(
-        synthesis=SynthesisConfig(n_samples=2000, batch_size=200, iterations=150, seed=0),
+        synthesis=SynthesisConfig(n_samples=1600, batch_size=200, iterations=100, seed=0),
         training=RobustTrainConfig(eps=0.1, epochs=25, lr=0.01, batch_size=200, seed=0),
         evaluation=EvalConfig(n=1000, aa_n=200),
     )
