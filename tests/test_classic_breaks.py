@@ -136,6 +136,8 @@ def test_bpda_breaks_thermometer(mnist, ctx) -> None:
     net = create_model("mnist_cnn", in_channels=8)
     defense = ThermometerEncoded(net, 8)
     train_classifier(defense, train, StandardTrainConfig(epochs=3, batch_size=32, seed=0), progress=False)
+    # the soft-thermometer surrogate needs more steps than the identity BPDA (20 steps left 17-19 % at 1 thread)
+    ctx.adaptive_steps, ctx.restarts = 50, 2
     row = B.break_thermometer(defense.eval(), test.x, test.y, ctx)
     _assert_broken(row)
 

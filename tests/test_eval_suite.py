@@ -321,3 +321,34 @@ def test_l2_threat_model_and_randomised_model_use_eot(teacher, test_set):
     verdicts = {c["name"]: c["verdict"] for c in res["audit"]}
     assert verdicts["randomness"] == "warn"
     assert any("EOT" in n for n in res["notes"])
+
+
+def test_cli_query_suite_breaks_teacher_with_budgets_and_report(teacher, tmp_path):
+    """`--suite query`: the five SQAs through the budget-enforcing oracle, in the evaluation schema."""
+    from typer.testing import CliRunner
+
+    from shieldkit.cli.main import app
+
+    _, path = teacher
+    out = tmp_path / "q"
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(path), "--data", "mnist5k", "--eps", "0.2",
+                                 "--suite", "query", "--budgets", "20,300", "--n", "12", "--out", str(out),
+                                 "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "evaluation.json").read_text())
+    assert res["suite"] == "query" and res["n"] == 12 and res["query_suite"]["budgets"] == [20, 300]
+    names = {a["name"] for a in res["attacks"]}
+    assert {f"{a}@{b}" for a in ("square", "simba_dct", "signhunter", "nes", "bandits") for b in (20, 300)} <= names
+    at = {a["name"]: a for a in res["attacks"]}
+    for a in ("square", "simba_dct", "signhunter", "nes", "bandits"):
+        assert at[f"{a}@20"]["acc"] >= at[f"{a}@300"]["acc"]  # more queries never help the model
+    assert res["robust_acc"] <= min(at[f"{a}@300"]["acc"] for a in ("square", "signhunter"))
+    assert res["robust_acc"] <= 0.25 < res["clean_acc"]  # a standard teacher falls to score-based attacks
+    verdicts = {c["name"]: c["verdict"] for c in res["audit"]}
+    assert verdicts["query-scope"] == "warn" and verdicts["logits_not_softmax"] == "pass"
+    p = _Imgs()
+    p.feed((out / "report.html").read_text())
+    assert {i["alt"] for i in p.imgs} == {"accuracy_vs_queries"}
+    r = CliRunner().invoke(app, ["evaluate", "--model", str(path), "--data", "mnist5k", "--suite", "query",
+                                 "--budgets", "10,x", "--out", str(tmp_path / "bad")])
+    assert r.exit_code != 0 and "--budgets" in r.output

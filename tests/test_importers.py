@@ -186,3 +186,44 @@ def test_normalisation_mismatch_is_caught(digits, trained_cnn):
     with pytest.raises(NormalisationMismatch, match="of the images get the same class"):
         check_input_normalisation(wrong, x)
     assert check_input_normalisation(trained_cnn, x)["ok"]
+
+
+def _shield_quick_cli(teacher_path, tmp_path) -> dict:
+    """The literal user command: `shieldkit shield --quick` on a saved imported model."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from shieldkit.cli.main import app
+
+    out = tmp_path / "shield"
+    r = CliRunner().invoke(app, ["shield", "--teacher", str(teacher_path), "--quick", "--data", "digits",
+                                 "--out", str(out), "--device", "cpu"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((out / "results.json").read_text())
+    for row in ("teacher", "shielded"):
+        assert {"clean_acc", "pgd_acc", "autoattack_acc", "n", "eps"} <= set(res[row])
+        assert 0.0 <= res[row]["autoattack_acc"] <= res[row]["pgd_acc"] + 0.1 <= res[row]["clean_acc"] + 0.1
+    assert (out / "synthetic" / "manifest.json").exists()
+    return res
+
+
+@pytest.mark.parametrize("source", ["torchvision:resnet18", "timm:resnet10t", "torchscript"])
+def test_shield_quick_cli_on_imported_models(source, digits, trained_cnn, tmp_path):
+    """Issue 8 acceptance: `shieldkit shield --quick` end to end on a torchvision ResNet-18 (random init, BN),
+    a timm model and a TorchScript file — each trained briefly on digits here, no code changes."""
+    train, test = digits
+    if source == "torchscript":
+        path = tmp_path / "user_model.pt"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.jit.save(torch.jit.script(trained_cnn.net), str(path))
+        model = _import(str(path), mean=[0.3], std=[0.32])
+    else:
+        torch.manual_seed(0)  # the random init (seed 0 was the one that exposed the saturated-KL NaN)
+        model = _import(source, mean=[0.5], std=[0.5])
+        train_classifier(model, train.subset(256, seed=1),
+                         StandardTrainConfig(epochs=1, batch_size=32, lr=0.05, shift=0), progress=False)
+    save_model(model.eval(), tmp_path / "teacher")
+    res = _shield_quick_cli(tmp_path / "teacher.safetensors", tmp_path)
+    assert res["shielded"]["n"] == 200

@@ -28,6 +28,22 @@ def test_dfshield_loss_terms_hand_computed():
     assert a_T.item() == pytest.approx((_kl(P(t / T), P(s_clean / T)) * T * T).item(), rel=1e-5)
 
 
+def test_kl_with_attached_saturated_target_has_finite_gradients():
+    """Term (c) keeps S(x) attached; a confident student (logit gap 120 → softmax exactly 0 in float32)
+    must not send NaN into the weights (regression: an imported ResNet-18 hit this at update 0)."""
+    s_adv = torch.tensor([[0.0, 1.0, -1.0]], requires_grad=True)
+    s_clean = torch.tensor([[120.0, 0.0, -5.0]], requires_grad=True)
+    assert F.softmax(s_clean, 1)[0, 1] == 0.0  # the underflow that broke the naive form
+    kl = kl_div_batchmean(s_adv, s_clean)
+    kl.backward()
+    assert torch.isfinite(s_clean.grad).all() and torch.isfinite(s_adv.grad).all()
+    # value: KL(q‖p) with q one-hot in float64
+    p = F.log_softmax(s_adv.detach().double(), 1)
+    q = F.softmax(s_clean.detach().double(), 1)
+    expected = (q * (q.clamp_min(1e-300).log() - p)).sum()
+    assert kl.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_gradrefine_toy_mask_and_sum():
     g = torch.tensor([[1.0, -1.0, 2.0, 0.5], [2.0, 1.0, -1.0, 0.5], [3.0, -2.0, -3.0, -0.5], [0.5, -1.0, 1.0, 0.5]])
     # element 0: all +  → A=1   → sum 6.5

@@ -50,7 +50,7 @@ def register(app: typer.Typer) -> None:
         data_root: Path | None = typer.Option(None, "--data-root", help="local dataset directory"),
         norm: str = typer.Option("linf", "--norm", help="threat model: linf | l2"),
         eps: str = typer.Option("8/255", "--eps", help="perturbation budget, e.g. 8/255 or 0.3"),
-        suite: str = typer.Option("standard", "--suite", help="quick | standard | full"),
+        suite: str = typer.Option("standard", "--suite", help="quick | standard | full | query (score-based SQAs)"),
         n: int = typer.Option(1000, "--n", help="number of test points (stratified seeded subset)"),
         seed: int = typer.Option(0, "--seed"),
         out: Path = typer.Option(Path("runs/evaluate"), "--out", "-o", help="output directory"),
@@ -70,17 +70,18 @@ def register(app: typer.Typer) -> None:
             False, "--no-transfer", help="skip the substitute-model transfer attack"
         ),
         batch_size: int = typer.Option(250, "--batch-size"),
+        budgets: str = typer.Option("100,2500", "--budgets", help="query suite: comma-separated query budgets"),
     ) -> None:
         """Evaluate robustness honestly: white-box, black-box, transfer and adaptive attacks, the
         obfuscated-gradient audit, curves, confidence intervals; JSON + HTML report."""
-        from shieldkit.cli.common import console, parse_eps
+        from shieldkit.cli.common import console, parse_budgets, parse_eps
         from shieldkit.data import load_dataset
         from shieldkit.evaluation.suite import SUITES, evaluate
         from shieldkit.models import load_model
         from shieldkit.reporting.eval_report import print_table
 
-        if suite not in SUITES:
-            raise typer.BadParameter(f"--suite must be one of {', '.join(SUITES)}, got {suite!r}")
+        if suite not in (*SUITES, "query"):
+            raise typer.BadParameter(f"--suite must be one of {', '.join(SUITES)}, query; got {suite!r}")
         if norm not in ("linf", "l2"):
             raise typer.BadParameter(f"--norm must be linf or l2, got {norm!r}")
         if not model.exists():
@@ -88,28 +89,20 @@ def register(app: typer.Typer) -> None:
         m = load_model(model)
         t = load_model(teacher) if teacher is not None else None
         test = load_dataset(data, "test", root=data_root)
-        train = None
-        if not no_transfer and suite != "quick":
-            try:
-                train = load_dataset(data, "train", root=data_root)
-            except (FileNotFoundError, ValueError, KeyError) as exc:
-                console.print(f"[yellow]no training split for the transfer attack: {exc}[/]")
-        res = evaluate(
-            m,
-            test,
-            norm=norm,
-            eps=parse_eps(eps),
-            suite=suite,
-            n=n,
-            seed=seed,
-            device=device,
-            teacher=t,
-            out=out,
-            preprocess=make_preprocess(preprocess),
-            eot_samples=eot_samples,
-            train_data=train,
-            batch_size=batch_size,
-            verbose=True,
-        )
+        if suite == "query":
+            from shieldkit.evaluation.query import evaluate_query
+
+            res = evaluate_query(m, test, eps=parse_eps(eps), norm=norm, n=n, seed=seed, budgets=parse_budgets(budgets),
+                                 device=device, out=out)
+        else:
+            train = None
+            if not no_transfer and suite != "quick":
+                try:
+                    train = load_dataset(data, "train", root=data_root)
+                except (FileNotFoundError, ValueError, KeyError) as exc:
+                    console.print(f"[yellow]no training split for the transfer attack: {exc}[/]")
+            res = evaluate(m, test, norm=norm, eps=parse_eps(eps), suite=suite, n=n, seed=seed, device=device,
+                           teacher=t, out=out, preprocess=make_preprocess(preprocess), eot_samples=eot_samples,
+                           train_data=train, batch_size=batch_size, verbose=True)
         print_table(res, console)
         console.print(f"wrote {out / 'evaluation.json'} and {out / 'report.html'}")

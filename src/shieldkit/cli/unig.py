@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from shieldkit.cli.common import console, parse_eps
+from shieldkit.cli.common import console, parse_budgets, parse_eps
 
 
 def register(app: typer.Typer) -> None:
@@ -60,10 +60,7 @@ def sqa(
         raise typer.BadParameter(f"unknown attack(s) {unknown}; available: {', '.join(ATTACKS)}")
     if defence not in ("none", "rnd", "unig"):
         raise typer.BadParameter(f"--defence must be none, rnd or unig, got {defence!r}")
-    try:
-        budget_list = sorted({int(b) for b in budgets.split(",") if b.strip()})
-    except ValueError as exc:
-        raise typer.BadParameter(f"--budgets must be integers, got {budgets!r}") from exc
+    budget_list = parse_budgets(budgets)
     base = load_model(model_path, device=str(dev)).eval()
     dataset = load_dataset(data or base.card.dataset, split="test", root=data_root)
     model = base

@@ -97,6 +97,22 @@ class BreakContext:
             restarts=restarts,
         )
 
+    def naive(self, model: nn.Module, tag: str = "") -> tuple[str, Attack]:
+        """The defence authors' kind of evaluation: plain PGD-CE on ``model``."""
+        return f"PGD-{self.naive_steps}-CE{tag}", pgd_attack(model, self.cfg(self.naive_steps))
+
+    def adaptive_ce_margin(self, target: nn.Module, prefix: str = "") -> dict[str, Attack]:
+        """The adaptive pair most breaks use: restarted PGD on ``target`` with CE and with the logit margin."""
+        steps = self.cfg(self.adaptive_steps, self.restarts)
+        return {
+            f"{prefix}PGD-{self.adaptive_steps}-CE": pgd_attack(target, steps),
+            f"{prefix}PGD-{self.adaptive_steps}-margin": pgd_attack(target, steps, margin_loss),
+        }
+
+
+def _suite_kwargs(test_data, model: nn.Module, **extra) -> dict | None:  # noqa: ANN001
+    return {"model": model, "dataset": test_data, **extra} if test_data is not None else None
+
 
 Attack = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]  # (x, y, gen) -> x_adv
 Judge = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x, y) -> per-point robust bool
@@ -239,18 +255,17 @@ def break_distillation(
         ctx,
         judge=correct_judge(model),
         defended=model,
-        naive=(f"PGD-{ctx.naive_steps}-CE", pgd_attack(model, ctx.cfg(ctx.naive_steps))),
+        naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}-CE@T={temperature:g}": pgd_attack(scaled, steps),
             f"PGD-{ctx.adaptive_steps}-margin": pgd_attack(model, steps, margin_loss),
         },
-        suite_kwargs={"model": model, "dataset": test_data} if test_data is not None else None,
+        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
 def break_igr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BreakContext, test_data=None) -> dict:
     """Ross & Doshi-Velez evaluated with FGSM-type attacks; iterative PGD (CE and margin) removes the gain."""
-    steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
     return evaluate_break(
         "igr",
         x,
@@ -259,11 +274,8 @@ def break_igr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BreakCont
         judge=correct_judge(model),
         defended=model,
         naive=("FGSM", fgsm_attack(model, ctx.eps)),
-        adaptive={
-            f"PGD-{ctx.adaptive_steps}-CE": pgd_attack(model, steps),
-            f"PGD-{ctx.adaptive_steps}-margin": pgd_attack(model, steps, margin_loss),
-        },
-        suite_kwargs={"model": model, "dataset": test_data} if test_data is not None else None,
+        adaptive=ctx.adaptive_ce_margin(model),
+        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
@@ -291,12 +303,12 @@ def break_mmc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BreakCont
         ctx,
         judge=correct_judge(model),
         defended=model,
-        naive=(f"PGD-{ctx.naive_steps}-CE", pgd_attack(model, ctx.cfg(ctx.naive_steps))),
+        naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}-margin": pgd_attack(model, steps, margin_loss),
             f"PGD-{ctx.adaptive_steps}-feature-distance": pgd_attack(model, steps, mmc_feature_loss()),
         },
-        suite_kwargs={"model": model, "dataset": test_data} if test_data is not None else None,
+        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
@@ -314,7 +326,6 @@ def break_input_transform(
     label = "BPDA"
     if defense.random:
         bp, label = EOT(bp, ctx.eot_samples), f"BPDA+EOT{ctx.eot_samples}"
-    steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
     return evaluate_break(
         name,
         x,
@@ -323,16 +334,9 @@ def break_input_transform(
         judge=correct_judge(defense),
         defended=defense,
         randomised=defense.random,
-        naive=(f"PGD-{ctx.naive_steps}-CE", pgd_attack(defense, ctx.cfg(ctx.naive_steps))),
-        adaptive={
-            f"{label}-PGD-{ctx.adaptive_steps}-CE": pgd_attack(bp, steps),
-            f"{label}-PGD-{ctx.adaptive_steps}-margin": pgd_attack(bp, steps, margin_loss),
-        },
-        suite_kwargs=(
-            {"model": defense.model, "dataset": test_data, "preprocess": defense.transform}
-            if test_data is not None
-            else None
-        ),
+        naive=ctx.naive(defense),
+        adaptive=ctx.adaptive_ce_margin(bp, f"{label}-"),
+        suite_kwargs=_suite_kwargs(test_data, defense.model, preprocess=defense.transform),
     )
 
 
@@ -341,7 +345,6 @@ def break_thermometer(
 ) -> dict:
     """BPDA with the soft thermometer as the backward surrogate (the hard encoding has zero gradient)."""
     bp = BPDAWrapper(defense.encode, defense.model, defense.surrogate)
-    steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
     return evaluate_break(
         "thermometer",
         x,
@@ -349,12 +352,9 @@ def break_thermometer(
         ctx,
         judge=correct_judge(defense),
         defended=defense,
-        naive=(f"PGD-{ctx.naive_steps}-CE", pgd_attack(defense, ctx.cfg(ctx.naive_steps))),
-        adaptive={
-            f"BPDA(soft)-PGD-{ctx.adaptive_steps}-CE": pgd_attack(bp, steps),
-            f"BPDA(soft)-PGD-{ctx.adaptive_steps}-margin": pgd_attack(bp, steps, margin_loss),
-        },
-        suite_kwargs={"model": defense, "dataset": test_data} if test_data is not None else None,
+        naive=ctx.naive(defense),
+        adaptive=ctx.adaptive_ce_margin(bp, "BPDA(soft)-"),
+        suite_kwargs=_suite_kwargs(test_data, defense),
     )
 
 
@@ -399,7 +399,7 @@ def break_feature_squeezing(
         ctx,
         judge=lambda a, b: fs.defended(a, b),
         defended=fs,
-        naive=(f"PGD-{ctx.naive_steps}-CE(f only)", pgd_attack(fs.model, ctx.cfg(ctx.naive_steps))),
+        naive=ctx.naive(fs.model, "(f only)"),
         adaptive={
             f"BPDA-joint-PGD-{ctx.adaptive_steps}": pgd_attack(
                 _SqueezeJoint(fs), steps, squeeze_joint_loss(num_classes)
@@ -433,14 +433,14 @@ def break_kwta(
         ctx,
         judge=correct_judge(model),
         defended=model,
-        naive=(f"PGD-{ctx.naive_steps}-CE", pgd_attack(model, ctx.cfg(ctx.naive_steps))),
+        naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}x{steps.restarts}-margin": pgd_attack(model, steps, margin_loss),
             f"EOT-Gauss(σ={sigma})-PGD-{ctx.adaptive_steps}x{steps.restarts}-margin": pgd_attack(
                 smooth, steps, margin_loss
             ),
         },
-        suite_kwargs={"model": model, "dataset": test_data} if test_data is not None else None,
+        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
@@ -468,6 +468,6 @@ def break_mixup_inference(
         judge=correct_judge(mi),
         defended=mi,
         randomised=True,
-        naive=(f"PGD-{ctx.naive_steps}-CE(base f)", pgd_attack(mi.model, ctx.cfg(ctx.naive_steps))),
+        naive=ctx.naive(mi.model, "(base f)"),
         adaptive={f"EOT-PGD-{ctx.adaptive_steps}-CE(full MI)": pgd_attack(eot, steps)},
     )

@@ -54,3 +54,19 @@ def plot_eps_curve(points: list[dict], nominal_eps: float, norm: str, attack: st
 def plot_iteration_curve(points: list[dict], eps: float, norm: str) -> bytes:
     """``points``: [{"steps", "acc", "ci"}]."""
     return _plot(points, "steps", "PGD iterations", f"Robust accuracy vs iterations ({norm}, ε={eps:.4g})", logx=True)
+
+
+def plot_query_curves(curves: dict[str, dict[int, float]], eps: float, norm: str) -> bytes:
+    """Accuracy vs queries per score-based attack (UniG Fig. 3 style); ``curves``: {attack: {queries: acc}}."""
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    for name, pts in curves.items():
+        qs = sorted(int(q) for q in pts)
+        ax.plot(qs, [100 * pts[q] if q in pts else 100 * pts[str(q)] for q in qs], marker=".", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("queries per image")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Accuracy vs queries ({norm}, ε={eps:.4g})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

@@ -96,8 +96,11 @@ def kl_div_batchmean(student_logits: torch.Tensor, target_logits: torch.Tensor, 
     detached here: callers decide (L_DFShield keeps S(x) attached in term (c), as the reference does).
     """
     logp = F.log_softmax(student_logits / temperature, dim=1)
-    q = F.softmax(target_logits / temperature, dim=1)
-    return F.kl_div(logp, q, reduction="batchmean")
+    # The target in log space (``log_target=True``): identical value, but with an attached target whose
+    # softmax underflows to exactly 0 (logit gaps ≳ 90, seen on a briefly trained imported ResNet-18)
+    # ``kl_div(logp, softmax(t))`` back-propagates d/dq[q·log q] = log 0 + 1 → NaN into every weight.
+    log_q = F.log_softmax(target_logits / temperature, dim=1)
+    return F.kl_div(logp, log_q, reduction="batchmean", log_target=True)
 
 
 @register_objective("dfshield")

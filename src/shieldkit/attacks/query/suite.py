@@ -116,4 +116,5 @@ def run_query_suite(model: nn.Module, dataset: ImageDataset, *, budgets: Sequenc
                                 "seconds": res.meta["seconds"]}
     out["clean_accuracy"] = sum(clean) / len(clean) if clean else float("nan")
     out["worst_case"] = {b: float(robust_all[b].float().mean()) for b in budgets}
+    out["per_point_robust"] = robust_all[budgets[-1]].int().tolist()  # worst case at the largest budget
     return out
