@@ -46,6 +46,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--grad-refine", type=int, default=1)
+    ap.add_argument("--attack-steps", type=int, default=7,
+                    help="PGD steps (step ε/4) of the training attack; 7 as the demo (measured there: same cost "
+                         "as fewer epochs of PGD-10, better clean and robust accuracy)")
     ap.add_argument("--real-epochs", type=int, default=10)
     ap.add_argument("--n-eval", type=int, default=1000)
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack points for teacher and shielded")
@@ -68,7 +71,7 @@ def main() -> None:
     results["stage_seconds"].setdefault("teacher_training", teacher.card.extra.get("train_seconds", 0.0))
 
     def attack_cfg(**kw) -> RobustTrainConfig:
-        return RobustTrainConfig(eps=args.eps, lr=args.lr, seed=0, **kw)
+        return RobustTrainConfig(eps=args.eps, lr=args.lr, seed=0, attack_steps=args.attack_steps, **kw)
 
     def save() -> None:
         """Merge into the file under a lock, so rows may run in parallel processes (``--rows``)."""
