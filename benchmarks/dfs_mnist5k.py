@@ -1,7 +1,7 @@
 """DataFreeShield on the MNIST-5k teacher at CPU scale — the longer run behind the README's numbers.
 
 Rows (all evaluated on the same 1,000 real test digits; AutoAttack-standard via pyautoattack on all 1,000 for
-teacher and shielded, on a class-stratified 500 of them for the two reference rows — ``--aa-n-reference``):
+teacher and shielded, on a class-stratified 300 of them for the two reference rows — ``--aa-n-reference``):
 * ``teacher``  — the standard, non-robust teacher;
 * ``shielded`` — DataFreeShield: DSS synthesis + L_DFShield (+ GradRefine when --grad-refine > 1), no real data;
 * ``original`` — PGD-AT on the 4,000 real training images (the upper bound, "Original" in Table 18);
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--real-epochs", type=int, default=10)
     ap.add_argument("--n-eval", type=int, default=1000)
     ap.add_argument("--aa-n", type=int, default=1000, help="AutoAttack points for teacher and shielded")
-    ap.add_argument("--aa-n-reference", type=int, default=500,
+    ap.add_argument("--aa-n-reference", type=int, default=300,
                     help="AutoAttack points for the original/public reference rows (Square on a robust model "
                          "costs ~2 s per surviving point on 2 cores)")
     ap.add_argument("--rows", default="teacher,shielded,original,public")

@@ -61,7 +61,13 @@ from torch import nn
 from shieldkit.distributed import dist
 from shieldkit.training.gradrefine import GradRefine
 from shieldkit.training.objectives import Batch, create_objective
-from shieldkit.training.robust import RobustTrainConfig, _jsonable, eps_schedule
+from shieldkit.training.robust import (
+    RobustTrainConfig,
+    _jsonable,
+    check_training_inputs,
+    eps_schedule,
+    make_optimizer,
+)
 from shieldkit.utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
@@ -116,12 +122,7 @@ def train_robust_distributed(student: nn.Module, x: torch.Tensor, cfg: RobustTra
     """
     device = torch.device(device)
     r, w = dist.rank(), dist.world_size()
-    n = x.shape[0]
-    if y is None and t_logits is None:
-        raise ValueError("need hard labels y or teacher logits t_logits to train on")
-    for name, t in (("y", y), ("t_logits", t_logits)):
-        if t is not None and t.shape[0] != n:
-            raise ValueError(f"{name} has {t.shape[0]} rows but x has {n}")
+    n = check_training_inputs(x, y, t_logits)
     M = minibatches_per_update(cfg, w, minibatches)
     mine = list(range(r, M, w))
     objective = create_objective(cfg.objective, cfg.attack(), **cfg.objective_kwargs)
@@ -134,10 +135,7 @@ def train_robust_distributed(student: nn.Module, x: torch.Tensor, cfg: RobustTra
     params = [p for p in student.parameters() if p.requires_grad]
     buffers = [b for _, b in student.named_buffers()]
     dist.broadcast_([*params, *buffers])  # every rank starts from rank 0's state
-    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    opt, sched = make_optimizer(params, cfg, lr, total)
     refiner = DistributedGradRefine(params, M, cfg.tau) if use_refine else None
     history: dict = {"loss": [], "kept_fraction": [], "epoch_seconds": [], "world_size": w, "minibatches": M}
     step = 0

@@ -80,22 +80,14 @@ def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *,
     simulate a kill). Returns the student (eval mode) and a history dict.
     """
     device = torch.device(device)
-    n = x.shape[0]
-    if y is None and t_logits is None:
-        raise ValueError("need hard labels y or teacher logits t_logits to train on")
-    for name, t in (("y", y), ("t_logits", t_logits)):
-        if t is not None and t.shape[0] != n:
-            raise ValueError(f"{name} has {t.shape[0]} rows but x has {n}")
+    n = check_training_inputs(x, y, t_logits)
     objective = create_objective(cfg.objective, cfg.attack(), **cfg.objective_kwargs)
     B = cfg.grad_refine_batches
     per_epoch = cfg.updates_per_epoch(n)
     total = per_epoch * cfg.epochs
     lr = cfg.lr * (B if cfg.lr_scale_with_batches else 1)
     student.to(device).train()
-    opt = torch.optim.SGD(student.parameters(), lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
-             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    opt, sched = make_optimizer(student.parameters(), cfg, lr, total)
     refiner = GradRefine(student.parameters(), B, cfg.tau) if B > 1 else None
     history: dict = {"loss": [], "kept_fraction": [], "epoch_seconds": []}
     step = 0
@@ -155,6 +147,26 @@ def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *,
     if out_dir is not None:
         atomic_write_json(Path(out_dir) / "train_history.json", {"config": cfg.to_dict(), **history})
     return student.eval(), history
+
+
+def check_training_inputs(x: torch.Tensor, y: torch.Tensor | None, t_logits: torch.Tensor | None) -> int:
+    """Labels or teacher logits are required and must have one row per image; returns the image count."""
+    n = x.shape[0]
+    if y is None and t_logits is None:
+        raise ValueError("need hard labels y or teacher logits t_logits to train on")
+    for name, t in (("y", y), ("t_logits", t_logits)):
+        if t is not None and t.shape[0] != n:
+            raise ValueError(f"{name} has {t.shape[0]} rows but x has {n}")
+    return n
+
+
+def make_optimizer(params, cfg: RobustTrainConfig, lr: float, total: int):  # noqa: ANN001, ANN201
+    """SGD (Nesterov momentum, weight decay) with cosine annealing over ``total`` updates or a constant lr."""
+    opt = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                          weight_decay=cfg.weight_decay)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
+             else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
+    return opt, sched
 
 
 def eps_schedule(step: int, total: int, warmup: float) -> float:
