@@ -37,20 +37,9 @@ def _scope_check(budgets: Sequence[int]) -> dict:
     )
 
 
-def evaluate_query(
-    model: nn.Module,
-    dataset: ImageDataset,
-    *,
-    eps: float,
-    norm: str = "linf",
-    n: int = 100,
-    seed: int = 0,
-    budgets: Sequence[int] = (100, 2500),
-    attacks: Sequence[str] = TABLE1_ATTACKS,
-    targeted: bool = False,
-    device: str | torch.device = "cpu",
-    out: str | Path | None = None,
-) -> dict:
+def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm: str = "linf", n: int = 100,
+                   seed: int = 0, budgets: Sequence[int] = (100, 2500), attacks: Sequence[str] = TABLE1_ATTACKS,
+                   targeted: bool = False, device: str | torch.device = "cpu", out: str | Path | None = None) -> dict:
     """Robust accuracy under the five SQAs, in :func:`shieldkit.evaluation.suite.evaluate`'s schema.
 
     ``robust_acc`` is the per-point worst case over all attacks at the largest budget.
