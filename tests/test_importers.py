@@ -208,6 +208,7 @@ def _shield_quick_cli(teacher_path, tmp_path) -> dict:
     return res
 
 
+@pytest.mark.timeout(1800)  # ResNet-18 at 28×28 on CPU: ~2-4 min idle, 10 min when the 2 cores are shared
 @pytest.mark.parametrize("source", ["torchvision:resnet18", "timm:resnet10t", "torchscript"])
 def test_shield_quick_cli_on_imported_models(source, digits, trained_cnn, tmp_path):
     """Issue 8 acceptance: `shieldkit shield --quick` end to end on a torchvision ResNet-18 (random init, BN),
