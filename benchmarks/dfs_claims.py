@@ -42,7 +42,7 @@ import torch
 
 from shieldkit.attacks.library import run_autoattack
 from shieldkit.data import load_dataset
-from shieldkit.evaluation.basic import evaluate_basic
+from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
 from shieldkit.evaluation.diversity import diversity_metrics, extract_features
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.models import create_model, load_model, save_model
@@ -180,19 +180,22 @@ class Bench:
         )
         sub = self.test.subset(a.eval_n, seed=a.seed)
         m = min(a.aa_n, len(sub))
+        # a class-stratified m of the eval points: subset() keeps dataset order, and mnist5k's test split is
+        # sorted by class, so its first m points would be 0s and 1s only
+        pos = stratified_positions(sub.y, m, a.seed)
         t0 = time.perf_counter()
         attacks = None if full_aa else ["apgd-ce", "apgd-t"]
         robust, _ = run_autoattack(
             model,
-            sub.x[:m],
-            sub.y[:m],
+            sub.x[pos],
+            sub.y[pos],
             norm="linf",
             eps=a.eps,
             version="standard",
             seed=a.seed,
             attacks=attacks,
         )
-        clean_ok = torch.tensor(r["per_point"]["clean_correct"][:m], dtype=torch.bool)
+        clean_ok = torch.tensor(r["per_point"]["clean_correct"], dtype=torch.bool)[pos]
         robust = robust.cpu() & clean_ok
         return {
             "clean": r["clean_acc"],
@@ -228,8 +231,8 @@ class Bench:
         model, info = fn()
         train_s = time.perf_counter() - t0
         ev = self.evaluate(model, full_aa)
+        save_model(model, self.work / f"model_{key}")  # every row: lets a later fix re-evaluate without retraining
         if keep:
-            save_model(model, self.work / f"model_{key}")
             self.models[key] = model
         self.res["rows"][key] = {
             "table": table,
@@ -556,7 +559,7 @@ def render_markdown(parts: dict) -> str:
             f"## Part `{part}`: {s['arch']} teacher on {s['dataset']}",
             "",
             f"ℓ∞ ε = {s['eps']}; clean & PGD-20 (step 2.5ε/20, 1 restart) on n = {s['eval_n']} test points; "
-            f"AA on the first n = {s['aa_n']} of them. Table 1 AA = {s['aa_table1']}; other tables AA = "
+            f"AA on a class-stratified n = {s['aa_n']} of them. Table 1 AA = {s['aa_table1']}; other tables AA = "
             f"{s['aa_other']}. Synthetic set: {s['n_synth']} samples × {s['synth_iterations']} Adam "
             "iterations. "
             f"Robust training: {s['train_epochs']} epochs-equivalent, batch {s['batch_size']}, PGD-"

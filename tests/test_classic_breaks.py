@@ -189,3 +189,22 @@ def test_mixup_inference_break(mnist, tiny, ctx) -> None:
     # the EOT attack's own estimate is noisy on a randomised model: allow 5 points of sampling slack
     assert row["adaptive_acc"] <= min(row["naive_acc"] + 0.05, 0.15), _summary(row)
     assert row["audit_verdicts"]["randomness"] == "warn", _summary(row)  # randomised, attacked with EOT
+
+
+def test_soft_bit_depth_matches_rounding_and_focuses_gradient_on_threshold_pixels() -> None:
+    from shieldkit.defenses.classic import bit_depth_reduce
+
+    x = torch.tensor([0.0, 0.1, 0.45, 0.5, 0.55, 0.9, 1.0], requires_grad=True)
+    soft = B.soft_bit_depth(x, bits=1, tau=0.05)
+    hard = bit_depth_reduce(x.detach(), 1)
+    far = torch.tensor([True, True, False, False, False, True, True])
+    assert torch.allclose(soft[far], hard[far], atol=1e-3)  # saturated away from the 0.5 threshold
+    assert soft[3].item() == pytest.approx(0.5)
+    soft.sum().backward()
+    g = x.grad
+    # σ'(0)/τ = 5 at the threshold, σ'(±1)/τ ≈ 3.93 at 0.45/0.55, ~0 at 0.1 / 0.9 (σ'(±8)/τ ≈ 0.007)
+    assert g[3].item() == pytest.approx(5.0, rel=1e-4)
+    assert g[2].item() == pytest.approx(g[4].item()) and g[2].item() == pytest.approx(3.932, rel=1e-3)
+    assert g[1].item() < 0.01 and g[5].item() < 0.01
+    two = B.soft_bit_depth(torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]), bits=2, tau=0.01)
+    assert torch.allclose(two, torch.tensor([0.0, 1 / 3, 2 / 3, 1.0]), atol=1e-4)  # 2-bit levels kept

@@ -71,9 +71,9 @@ def test_parse_eps(eps):
 
 def test_autoattack_subset_is_class_stratified(mnist_teacher, mnist_test):
     """mnist5k is stored sorted by class: the AutoAttack subset must not be 'the first aa_n' points."""
-    from shieldkit.evaluation.basic import _stratified_positions, evaluate_basic
+    from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
 
-    idx = _stratified_positions(mnist_test.y, 50, seed=0)
+    idx = stratified_positions(mnist_test.y, 50, seed=0)
     assert torch.equal(mnist_test.y[idx].bincount(), torch.full((10,), 5))
     r = evaluate_basic(mnist_teacher, mnist_test, eps=0.1, n=100, aa_n=20, pgd_steps=2, seed=0)
     assert len(set(mnist_test.subset(100, seed=0).y[r["per_point"]["autoattack_index"]].tolist())) == 10

@@ -28,7 +28,7 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
     return torch.cat(out)
 
 
-def _stratified_positions(y: torch.Tensor, m: int, seed: int) -> torch.Tensor:
+def stratified_positions(y: torch.Tensor, m: int, seed: int) -> torch.Tensor:
     """Positions of a class-balanced, seeded ``m``-point subset of labels ``y`` (sorted)."""
     if m >= len(y):
         return torch.arange(len(y))
@@ -87,7 +87,7 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     }
     if autoattack:
         m = len(y) if aa_n is None else min(aa_n, len(y))
-        aa_idx = _stratified_positions(y, m, seed)
+        aa_idx = stratified_positions(y, m, seed)
         t0 = time.perf_counter()
         robust, _ = run_autoattack(model, x[aa_idx], y[aa_idx], norm=norm, eps=eps, version=aa_version, seed=seed,
                                    batch_size=batch_size, device=device)

@@ -358,13 +358,26 @@ def break_thermometer(
     )
 
 
+def soft_bit_depth(x: torch.Tensor, bits: int, tau: float = 0.1) -> torch.Tensor:
+    """Differentiable stand-in for ``bit_depth_reduce``: each rounding step becomes a sigmoid of width τ
+    (in units of one level). Its gradient is largest for pixels near a rounding threshold — the only
+    pixels a bounded perturbation can flip — where an identity BPDA spreads the budget everywhere."""
+    levels = 2**bits - 1
+    z = x.clamp(0, 1) * levels
+    base = z.detach().floor().clamp(max=levels - 1)
+    return (base + torch.sigmoid((z - base - 0.5) / tau)) / levels
+
+
 class _SqueezeJoint(nn.Module):
-    """Concatenated logits [f(x), f(s₁(x)), f(s₂(x))], squeezers via BPDA (identity backward)."""
+    """Concatenated logits [f(x), f(s₁(x)), f(s₂(x))]: the bit-depth squeezer via BPDA with the smooth
+    staircase :func:`soft_bit_depth` as its backward, the median filter differentiated exactly (its
+    gradient routes to the selected pixel)."""
 
     def __init__(self, fs: FeatureSqueezing) -> None:
         super().__init__()
         self.fs = fs
-        self._sq = [bpda(s) for s in fs.squeezers()]
+        bits_sq, median_sq = fs.squeezers()
+        self._sq = [bpda(bits_sq, lambda x: soft_bit_depth(x, fs.bits)), median_sq]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.fs.model(x)] + [self.fs.model(s(x)) for s in self._sq], dim=1)
