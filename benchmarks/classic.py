@@ -275,10 +275,10 @@ def _fs_row(t: torch.nn.Module, train, x: torch.Tensor, y: torch.Tensor, ctx: B.
     return row
 
 
-def stage_certify() -> None:
+def stage_certify(sigmas: tuple[float, ...] = SIGMAS) -> None:
     _, test = data()
     sub = test.subset(N_CERT, seed=SEED)
-    for sigma in SIGMAS:
+    for sigma in sigmas:
         out = part(f"certify-{sigma}")
         if out.exists():
             continue
@@ -370,7 +370,7 @@ def stage_report() -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--stage", default="all", choices=["all", "at", "breaks", "certify", "report"])
-    ap.add_argument("--only", default="", help="comma-separated subset of AT methods / break rows")
+    ap.add_argument("--only", default="", help="comma-separated subset of AT methods / break rows / σ (certify)")
     ap.add_argument("--aa-attacks", default="", help="run only these AutoAttack attacks, e.g. apgd-ce,apgd-t")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.stage in ("all", "breaks"):
         stage_breaks(only or list(BREAKS))
     if args.stage in ("all", "certify"):
-        stage_certify()
+        stage_certify(tuple(float(v) for v in only) if only and args.stage == "certify" else SIGMAS)
     stage_report()
 
 
