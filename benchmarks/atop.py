@@ -179,6 +179,9 @@ def merge(out: Path) -> None:
                      f"({r['finetune_attack']})")
     notes.append("- worst ℓ∞ = per-point worst case over the ℓ∞ attacks of the row; final verdict = one "
                  "stochastic pass of the pipeline (seeded identically for every attack).")
+    extra = Path(__file__).with_name("atop_notes.md")
+    if extra.exists():
+        notes += ["", extra.read_text()]
     table = "\n".join(lines + notes)
     atomic_write_json(Path("benchmarks/results/atop.json"), {"groups": groups, "table_md": table,
                                                               "provenance": provenance()})

@@ -359,10 +359,11 @@ def stage_report() -> None:
     res["not_run"] = missing
     atomic_write_json(OUT_JSON, res)
     if missing:
-        L += ["", "## Not run in this session", "",
-              "The 2-core machine was shared by ~8 jobs (load average ~20), so these parts did not finish before "
-              "the deadline; rerun `benchmarks/classic.py --stage all` (cached parts are skipped): "
+        L += ["", "## Not run", "", "Rerun `benchmarks/classic.py --stage all` (cached parts are skipped): "
               + ", ".join(missing) + "."]
+    notes = Path(__file__).with_name("classic_notes.md")
+    if notes.exists():
+        L += ["", notes.read_text()]
     atomic_write_text(OUT_MD, "\n".join(L) + "\n")
     log(f"wrote {OUT_JSON} and {OUT_MD}")
 

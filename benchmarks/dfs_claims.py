@@ -431,6 +431,14 @@ class Bench:
                 teacher, self.train.x, dss.x, bins=a.ndb_bins, seed=a.seed
             )
             self.save()
+        # GradRefine at equal *updates* (ℬ× the epochs): separates its effect from the ℬ× fewer updates it makes
+        # at equal compute
+        self.row(
+            "gr_equal_updates",
+            "8",
+            f"L_DFShield + DSS + GradRefine, {a.B}× epochs (as many updates as without GradRefine)",
+            lambda: self.train_on(teacher, "dfshield", dss.x, dss.y, dss.t_logits, B=a.B, epochs=a.epochs * a.B),
+        )
         # ---------------- Appendix C (prefixes of the DSS set; same epochs → fewer updates)
         for n in a.sample_counts:
             if n >= N:
@@ -581,15 +589,16 @@ def render_markdown(parts: dict) -> str:
                 + [""]
             )
             L += (
-                ["### Table 8 — ablation", ""]
+                ["### Table 8 — ablation (the last row is extra: GradRefine given as many updates as the others)", ""]
                 + _table(
                     rows,
-                    ["abl_trades_fixed", "abl_dfs_fixed", "loss_dfshield", "ours"],
+                    ["abl_trades_fixed", "abl_dfs_fixed", "loss_dfshield", "ours", "gr_equal_updates"],
                     labels={
                         "abl_trades_fixed": "none (fixed coefficients + TRADES)",
                         "abl_dfs_fixed": "L_DFShield",
                         "loss_dfshield": "L_DFShield + DSS",
                         "ours": "L_DFShield + DSS + GradRefine",
+                        "gr_equal_updates": "L_DFShield + DSS + GradRefine, ℬ× epochs (equal updates)",
                     },
                 )
                 + [""]
