@@ -128,8 +128,9 @@ def run_group(name: str, out: Path) -> None:
     res["seconds_pretrain"] = round(time.perf_counter() - t0, 1)
     print(f"[{name}] pretrained in {res['seconds_pretrain']}s", flush=True)
     src = out / f"{spec.get('without_from')}.json"
-    if spec.get("without_from") and src.exists() and "without" in json.loads(src.read_text())["rows"]:
-        res["rows"]["without"] = json.loads(src.read_text())["rows"]["without"]  # identical seeded purifier
+    shared = json.loads(src.read_text())["rows"].get("without") if spec.get("without_from") and src.exists() else None
+    if shared is not None:
+        res["rows"]["without"] = shared  # the identical seeded purifier, already evaluated
     else:
         res["rows"]["without"] = evaluate_pipeline(PurificationPipeline(f, pur, tcfg), test.x, test.y, ecfg, log=True)
     atomic_write_json(part, res)
@@ -159,10 +160,10 @@ def merge(out: Path) -> None:
         for row in ("without", "with"):
             if row not in r["rows"]:
                 continue
-            a = r["rows"][row]["attacks"]
-            cells = [f"{100 * a[k]['acc']:.0f}" if k in a else "–" for k, _ in COLS]
             if row == "without" and r["spec"].get("without_from") in set(groups) - {g}:
                 continue  # the same purifier as another group's row
+            a = r["rows"][row]["attacks"]
+            cells = [f"{100 * a[k]['acc']:.0f}" if k in a else "–" for k, _ in COLS]
             data = "synthetic (data-free)" if g == "df" else "real"
             tgt = "" if r["finetune_cfg"]["recon_target"] == "adv" else ", L1 to clean x"
             lam = "" if r["finetune_cfg"]["lam"] == 0.1 else f", λ {r['finetune_cfg']['lam']:g}"

@@ -40,11 +40,9 @@ from pathlib import Path
 
 import torch
 
-from shieldkit.attacks.library import run_autoattack
 from shieldkit.data import load_dataset
-from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
+from shieldkit.evaluation.basic import evaluate_basic
 from shieldkit.evaluation.diversity import diversity_metrics, extract_features
-from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.models import create_model, load_model, save_model
 from shieldkit.reporting.figures import loss_surface, plot_feature_pca, plot_loss_surfaces, sample_grid
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
@@ -176,41 +174,23 @@ class Bench:
     def evaluate(self, model: torch.nn.Module, full_aa: bool) -> dict:
         a = self.a
         r = evaluate_basic(
-            model, self.test, norm="linf", eps=a.eps, n=a.eval_n, seed=a.seed, pgd_steps=20, autoattack=False
-        )
-        sub = self.test.subset(a.eval_n, seed=a.seed)
-        m = min(a.aa_n, len(sub))
-        # a class-stratified m of the eval points: subset() keeps dataset order, and mnist5k's test split is
-        # sorted by class, so its first m points would be 0s and 1s only
-        pos = stratified_positions(sub.y, m, a.seed)
-        t0 = time.perf_counter()
-        attacks = None if full_aa else ["apgd-ce", "apgd-t"]
-        robust, _ = run_autoattack(
-            model,
-            sub.x[pos],
-            sub.y[pos],
-            norm="linf",
-            eps=a.eps,
-            version="standard",
-            seed=a.seed,
-            attacks=attacks,
-        )
-        clean_ok = torch.tensor(r["per_point"]["clean_correct"], dtype=torch.bool)[pos]
-        robust = robust.cpu() & clean_ok
+            model, self.test, norm="linf", eps=a.eps, n=a.eval_n, seed=a.seed, pgd_steps=20, autoattack=True,
+            aa_n=a.aa_n, aa_attacks=None if full_aa else ["apgd-ce", "apgd-t"],
+        )  # AutoAttack on a class-stratified aa_n of the eval points (mnist5k's test split is in class order)
+        aa = r["autoattack"]
         return {
             "clean": r["clean_acc"],
             "pgd": r["pgd_acc"],
-            "aa": robust.float().mean().item(),
+            "aa": r["autoattack_acc"],
             "clean_ci": r["clean"].get("ci"),
             "pgd_ci": r["pgd"].get("ci"),
             "aa_detail": {
-                **accuracy_summary(int(robust.sum()), m),
+                **{k: v for k, v in aa.items() if k not in ("attack", "implementation")},
                 "attacks": "standard" if full_aa else "apgd-ce+apgd-t",
-                "seconds": time.perf_counter() - t0,
             },
             "n": r["n"],
-            "aa_n": m,
-            "eval_seconds": r["seconds"]["pgd"] + time.perf_counter() - t0,
+            "aa_n": r["aa_n"],
+            "eval_seconds": r["seconds"]["pgd"] + aa["seconds"],
         }
 
     def row(

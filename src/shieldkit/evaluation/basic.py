@@ -8,6 +8,7 @@ The full suite with the obfuscated-gradient audit is :mod:`shieldkit.evaluation.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -46,13 +47,15 @@ def stratified_positions(y: torch.Tensor, m: int, seed: int) -> torch.Tensor:
 def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", eps: float = 0.2,
                    n: int | None = 1000, seed: int = 0, pgd_steps: int = 20, pgd_restarts: int = 1,
                    autoattack: bool = True, aa_version: str = "standard", aa_n: int | None = None,
-                   batch_size: int = 250, device: str | torch.device = "cpu") -> dict:
+                   aa_attacks: Sequence[str] | None = None, batch_size: int = 250,
+                   device: str | torch.device = "cpu") -> dict:
     """Evaluate ``model`` on a fixed, seeded, class-stratified subset of ``n`` points of ``data``.
 
     ``aa_n`` (≤ n) evaluates AutoAttack on a class-stratified ``aa_n``-point subset of those points only
     (AutoAttack is by far the slowest step on CPU); its accuracy and CI are then reported on ``aa_n``
     points. (Stratified, not "the first aa_n": datasets stored sorted by class — mnist5k is — would
-    otherwise be attacked on two classes only.)
+    otherwise be attacked on two classes only.) ``aa_attacks`` restricts AutoAttack to some of its attacks
+    (e.g. ``["apgd-ce", "apgd-t"]`` when Square's queries are unaffordable); the label records which.
     Robust accuracy counts a point as robust only if it is classified correctly clean *and* under the
     attack (the per-point worst case of clean and attack).
     """
@@ -90,11 +93,13 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
         aa_idx = stratified_positions(y, m, seed)
         t0 = time.perf_counter()
         robust, _ = run_autoattack(model, x[aa_idx], y[aa_idx], norm=norm, eps=eps, version=aa_version, seed=seed,
-                                   batch_size=batch_size, device=device)
+                                   attacks=list(aa_attacks) if aa_attacks else None, batch_size=batch_size,
+                                   device=device)
         t_aa = time.perf_counter() - t0
         robust = robust.cpu() & clean_ok[aa_idx]
         result["autoattack_acc"] = robust.float().mean().item()
-        result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": f"AutoAttack-{aa_version}",
+        label = f"AutoAttack-{aa_version}" + (f"[{'+'.join(aa_attacks)}]" if aa_attacks else "")
+        result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": label,
                                 "implementation": "pyautoattack", "seconds": t_aa}
         result["aa_n"] = m
         result["seconds"]["autoattack"] = t_aa
