@@ -27,7 +27,7 @@ demo-quick: $(STAMP)
 	$(BIN)/shieldkit demo --quick
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -10,6 +10,13 @@ from shieldkit.models import create_model
 from shieldkit.training.standard import StandardTrainConfig, train_classifier
 
 
+def pytest_configure(config):  # noqa: ARG001
+    """One declared policy instead of scattered ``torch.set_num_threads(1)`` calls: every test process
+    computes on one thread. Parallelism comes from ``pytest -n 2`` (one xdist worker per core), and
+    one-thread kernels make the bit-identity tests independent of how many workers run."""
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def mnist_train():
     return load_dataset("mnist5k", "train")

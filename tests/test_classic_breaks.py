@@ -39,7 +39,6 @@ N = 48
 
 @pytest.fixture(scope="session")
 def mnist():
-    torch.set_num_threads(1)
     train = load_dataset("mnist5k", "train").subset(2000, seed=0)
     test = load_dataset("mnist5k", "test").subset(N, seed=0)
     return train, test
@@ -48,6 +47,7 @@ def mnist():
 @pytest.fixture(scope="session")
 def tiny(mnist):
     train, _ = mnist
+    torch.manual_seed(0)  # the init must not depend on which tests ran before in this worker
     m = create_model("mnist_cnn")
     train_classifier(m, train, StandardTrainConfig(epochs=3, batch_size=32, seed=0), progress=False)
     return m.eval()
@@ -133,6 +133,7 @@ def test_bpda_eot_breaks_tvm(mnist, tiny, ctx) -> None:
 
 def test_bpda_breaks_thermometer(mnist, ctx) -> None:
     train, test = mnist
+    torch.manual_seed(0)
     net = create_model("mnist_cnn", in_channels=8)
     defense = ThermometerEncoded(net, 8)
     train_classifier(defense, train, StandardTrainConfig(epochs=3, batch_size=32, seed=0), progress=False)
@@ -144,6 +145,7 @@ def test_bpda_breaks_thermometer(mnist, ctx) -> None:
 
 def test_mmc_break(mnist, ctx) -> None:
     train, test = mnist
+    torch.manual_seed(0)
     m = attach_mmc_head(create_model("mnist_cnn"))
     train_robust(m, train.x, RobustTrainConfig(objective="mmc", epochs=3, batch_size=32, lr=0.05), y=train.y,
                  progress=False)

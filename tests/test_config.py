@@ -49,7 +49,8 @@ def test_paper_presets_build_the_api_configs(name):
 def test_typos_and_bad_values_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="unknown RobustTrainConfig setting 'grad_refine_batch'.*mean 'grad_refine_b"):
         stage_config(RobustTrainConfig, {"grad_refine_batch": 4}, where="training")
-    with pytest.raises(ConfigError, match="invalid SynthesisConfig settings: coefficients must be"):
+    with pytest.raises(ConfigError,
+                       match="invalid SynthesisConfig settings: coefficients random: must be one of dss, fixed"):
         stage_config(SynthesisConfig, {"coefficients": "random"})
     (tmp_path / "bad.yaml").write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="must be a YAML mapping"):

@@ -77,7 +77,6 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dist")
-    torch.set_num_threads(1)
     mp.spawn(_worker, args=(_free_port(), str(tmp)), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     single: dict = {"syn_dir": synthesize(_teacher(), tmp / "single_syn", SYN, progress=False)}
@@ -136,7 +135,6 @@ def test_single_process_plain_step_equals_lead_trainer(extra):
     gradient clipping included)."""
     import dataclasses
 
-    torch.set_num_threads(1)
     x, t = _train_data()
     cfg = dataclasses.replace(_cfgs()["plain"], **extra)
     a, _ = train_robust_distributed(init_student(_teacher()), x, cfg, t_logits=t, stop_after_updates=2,

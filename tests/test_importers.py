@@ -25,8 +25,6 @@ from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
 from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
 from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier
 
-torch.set_num_threads(1)
-
 
 @pytest.fixture(scope="module")
 def digits():

@@ -9,8 +9,6 @@ import torch
 from shieldkit.models import MODELS, bn_layers, create_model, load_model, save_model
 from shieldkit.models.resnet_cifar import from_pytorchcv_state_dict
 
-torch.set_num_threads(1)
-
 ZOO = ["resnet20", "resnet56", "wrn16_4", "resnet18", "resnet50"]  # wrn28_10 tested on its own (36.5M)
 
 

@@ -88,7 +88,9 @@ def test_synthesis_changes_teacher_prediction_towards_labels(tmp_path, mnist_tea
 def test_config_mismatch_and_no_bn_errors(tmp_path, mnist_teacher):
     synthesize(mnist_teacher, tmp_path / "s", SynthesisConfig(n_samples=2, batch_size=2, iterations=1),
                progress=False)
-    with pytest.raises(ValueError, match="different configuration"):
+    from shieldkit.errors import IntegrityError
+
+    with pytest.raises(IntegrityError, match="synthesis configuration"):
         synthesize(mnist_teacher, tmp_path / "s", SynthesisConfig(n_samples=4, batch_size=2, iterations=1),
                    progress=False)
     no_bn = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))

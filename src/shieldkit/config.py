@@ -38,6 +38,8 @@ from typing import Any
 
 import yaml
 
+from shieldkit.errors import CorruptFileError, InputError, MissingInputError
+from shieldkit.utils.fingerprint import to_plain as _plain
 from shieldkit.utils.io import atomic_write_json, atomic_write_text
 from shieldkit.utils.provenance import provenance
 
@@ -66,8 +68,51 @@ def __getattr__(name: str):  # lazy re-exports (avoid importing torch-heavy modu
     raise AttributeError(name)
 
 
-class ConfigError(ValueError):
-    """A config file is missing, malformed, or names a setting that does not exist."""
+class ConfigError(InputError):
+    """A config file is missing, malformed, or names a setting that does not exist (an ``InputError``,
+    hence a ``ValueError``)."""
+
+
+class ConfigNotFoundError(ConfigError, MissingInputError):
+    """``--config`` names neither a file nor a preset."""
+
+
+class ConfigSyntaxError(ConfigError, CorruptFileError):
+    """A config file is not valid YAML (the message names the file and line)."""
+
+
+def _did_you_mean(key: str, valid: Any) -> str:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(key, valid, n=1)
+    return f"did you mean {close[0]!r}?" if close else f"valid: {', '.join(valid)}"
+
+
+def _section_classes() -> dict[str, type]:
+    from shieldkit.pipeline import EvalConfig
+    from shieldkit.synthesis import SynthesisConfig
+    from shieldkit.training.robust import RobustTrainConfig
+
+    return {"synthesis": SynthesisConfig, "training": RobustTrainConfig, "evaluation": EvalConfig}
+
+
+def check_sections(cfg: Mapping[str, Any], where: str = "config") -> None:
+    """Refuse unknown sections (a mapping-valued top-level key that is no known section) and unknown
+    keys inside the stage sections, each with a "did you mean" suggestion."""
+    known = (*STAGE_SECTIONS, *META_SECTIONS)
+    for sec, value in cfg.items():
+        if isinstance(value, dict) and sec not in known:
+            raise ConfigError(f"{where}: unknown section {sec!r}; {_did_you_mean(str(sec), known)}",
+                              hint=f"sections are {', '.join(known)}")
+    classes = None
+    for sec in STAGE_SECTIONS:
+        if not cfg.get(sec):
+            continue
+        classes = classes or _section_classes()
+        fields = {f.name for f in dataclasses.fields(classes[sec])}
+        for k in cfg[sec]:
+            key = str(k).replace("-", "_")
+            if key not in fields:
+                raise ConfigError(f"{where}: unknown {sec} setting {k!r}; {_did_you_mean(key, fields)}")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -85,7 +130,10 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     preset = PRESET_DIR / (str(name_or_path).removesuffix(".yaml") + ".yaml")
     if preset.is_file():
         return preset
-    raise ConfigError(f"config {str(name_or_path)!r}: no such file or preset; presets: {', '.join(list_presets())}")
+    if p.exists():
+        raise ConfigError(f"config {str(name_or_path)!r}: is a folder, not a YAML file")
+    raise ConfigNotFoundError(f"config {str(name_or_path)!r}: no such file or preset; presets: "
+                              f"{', '.join(list_presets())}", hint="give a YAML file path or a preset name")
 
 
 def load_config(name_or_path: str | Path) -> dict:
@@ -93,8 +141,14 @@ def load_config(name_or_path: str | Path) -> dict:
     path = resolve_config_path(name_or_path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigSyntaxError(f"{path}: not a text (YAML) file", hint="give a YAML config file") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigSyntaxError(f"{path}: not valid YAML{where}: {problem}",
+                                hint=f"fix the YAML syntax of {path.name}") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -102,14 +156,15 @@ def load_config(name_or_path: str | Path) -> dict:
     for sec in (*STAGE_SECTIONS, *META_SECTIONS):
         if sec in data and not isinstance(data[sec], dict):
             raise ConfigError(f"{path}: section {sec!r} must be a mapping")
+    check_sections(data, str(path))
     return data
 
 
 def _parse_value(key: str, value: Any) -> Any:
     if key in EPS_KEYS and isinstance(value, str):
-        from shieldkit.cli.common import parse_eps
+        from shieldkit.utils.validate import parse_eps
 
-        return parse_eps(value)
+        return parse_eps(value, flag=key)
     return value
 
 
@@ -144,7 +199,9 @@ def shield_config(cfg: Mapping[str, Any], overrides: Mapping[str, Mapping[str, A
     overrides = overrides or {}
     unknown = set(cfg) - set(STAGE_SECTIONS) - set(META_SECTIONS)
     if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)}; valid: {STAGE_SECTIONS + META_SECTIONS}")
+        first = sorted(map(str, unknown))[0]
+        raise ConfigError(f"unknown config sections {sorted(unknown)}; "
+                          f"{_did_you_mean(first, STAGE_SECTIONS + META_SECTIONS)}")
     return ShieldConfig(
         synthesis=stage_config(SynthesisConfig, cfg.get("synthesis"), overrides.get("synthesis"), "synthesis"),
         training=stage_config(RobustTrainConfig, cfg.get("training"), overrides.get("training"), "training"),
@@ -179,15 +236,14 @@ def _config_callback(ctx, param, value):  # noqa: ANN001, ANN202 - click callbac
         return value
     import typer  # typer vendors its own click: raise its BadParameter
 
-    try:
-        cfg = load_config(value)
-    except ConfigError as exc:
-        raise typer.BadParameter(str(exc), ctx=ctx, param=param) from exc
+    cfg = load_config(value)  # a ConfigError (an InputError) goes to the CLI's top-level handler as is
     names = {p.name for p in ctx.command.params if p.name}
     defaults, unused = command_defaults(cfg, ctx.info_name or "", names)
     flat_unknown = [k for k in unused if "." not in k]
     if flat_unknown:
-        raise typer.BadParameter(f"{value}: `{ctx.info_name}` has no option for {', '.join(flat_unknown)}",
+        close = difflib.get_close_matches(flat_unknown[0].replace("-", "_"), sorted(names), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise typer.BadParameter(f"{value}: `{ctx.info_name}` has no option for {', '.join(flat_unknown)}{hint}",
                                  ctx=ctx, param=param)
     if unused:
         print(f"note: `{ctx.info_name}` has no flag for {', '.join(unused)} from {value}; those keep the "
@@ -226,20 +282,6 @@ def resolved_config(ctx) -> dict:  # noqa: ANN001 - click.Context
 
 
 # ----------------------------------------------------------------------------- run metadata
-def _plain(v: Any) -> Any:
-    if dataclasses.is_dataclass(v) and not isinstance(v, type):
-        return _plain(dataclasses.asdict(v))
-    if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, list | tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, Path):
-        return str(v)
-    if hasattr(v, "item") and callable(v.item):
-        return v.item()
-    return v
-
-
 def save_run_metadata(run_dir: str | Path, resolved_config: Any, seed: int | None) -> Path:
     """Write ``run.json`` (config, seed, versions, git revision, host, time) and ``config.yaml``.
 

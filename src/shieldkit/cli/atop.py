@@ -54,8 +54,19 @@ def register(app: typer.Typer) -> None:
         """Pre-train a purifier with L_org on clean (real or synthetic) images."""
         from shieldkit.cli.common import console
         from shieldkit.defenses.atop import PretrainConfig, PurifierConfig, TransformConfig, pretrain_purifier
+        from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
 
+        v.check_out_dir(out)
+        v.check_choice(transform, ("rt1", "rt2", "rt3"), "--transform")
+        v.check_choice(purifier, ("gated", "ae"), "--purifier")
+        for value, flag in ((width, "--width"), (epochs, "--epochs")) + (((n, "--n"),) if n is not None else ()):
+            v.check_positive_int(value, flag)
+        v.check_positive_float(lr, "--lr")
+        v.check_nonnegative_float(adv_weight, "--adv-weight")
+        v.check_dataset(data)
+        v.check_existing_dir(synthetic, "--synthetic")
+        v.resolve_device(device)
         x, _ = _training_images(data, synthetic)
         x = x[:n] if n else x
         pcfg = PurifierConfig(kind=purifier, channels=int(x.shape[1]), width=width, refine=refine)
@@ -86,8 +97,21 @@ def register(app: typer.Typer) -> None:
         from shieldkit.cli.common import console, parse_eps
         from shieldkit.defenses.atop import FinetuneConfig, finetune_purifier, load_purifier
         from shieldkit.models import load_model
+        from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
 
+        v.check_model_path(model, "--model")
+        v.check_existing_file(purifier, "--purifier")
+        v.check_out_dir(out)
+        v.check_eps(eps, "linf")
+        for value, flag in ((epochs, "--epochs"), (attack_steps, "--attack-steps"), (eot, "--eot")) + (
+                ((n, "--n"),) if n is not None else ()):
+            v.check_positive_int(value, flag)
+        v.check_positive_float(lr, "--lr")
+        v.check_nonnegative_float(lam, "--lam")
+        v.check_nonnegative_float(adv_weight, "--adv-weight")
+        v.check_dataset(data)
+        v.check_existing_dir(synthetic, "--synthetic")
         dev = resolve_device(device)
         x, y = _training_images(data, synthetic)
         x, y = (x[:n], y[:n]) if n else (x, y)
@@ -127,9 +151,17 @@ def register(app: typer.Typer) -> None:
         from shieldkit.defenses.atop import load_pipeline
         from shieldkit.defenses.atop.evaluate import AToPEvalConfig, evaluate_pipeline
         from shieldkit.models import load_model
+        from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
         from shieldkit.utils.io import atomic_write_json
 
+        v.check_model_path(model, "--model")
+        v.check_existing_file(purifier, "--purifier")
+        v.check_dataset(data)
+        v.check_eps(eps, "linf")
+        for value, flag in ((n, "--n"), (eot, "--eot"), (pgd_steps, "--pgd-steps")):
+            v.check_positive_int(value, flag)
+        v.check_out_file(out)
         dev = resolve_device(device)
         pipe = load_pipeline(purifier, load_model(model), dev)
         test = load_dataset(data, "test").subset(n, seed=seed)

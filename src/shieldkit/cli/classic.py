@@ -57,11 +57,25 @@ def register(app: typer.Typer) -> None:
         from shieldkit.models import create_model, load_model, save_model
         from shieldkit.training.objectives_classic import attach_mmc_head, train_defensive_distillation
         from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
+        from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
         from shieldkit.utils.io import atomic_write_json
 
-        if method not in TRAIN_METHODS:
-            raise typer.BadParameter(f"unknown method {method!r}; choose from {', '.join(TRAIN_METHODS)}")
+        v.check_choice(method, TRAIN_METHODS, "--method")
+        v.check_dataset(data)
+        v.check_out_dir(out)
+        if init is not None:
+            v.check_model_path(init, "--init")
+        v.check_eps(eps, norm)
+        if alpha is not None:
+            v.check_positive_float(parse_eps(alpha, "--alpha"), "--alpha")
+        for value, flag in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
+            v.check_positive_int(value, flag)
+        v.check_positive_float(lr, "--lr")
+        v.check_positive_float(temperature, "--temperature")
+        v.check_nonnegative_int(eval_n, "--eval-n")
+        v.check_choice(start, ("uniform", "normal"), "--start")
+        _parse_kwargs(kw)
         dev = resolve_device(device)
         e = parse_eps(eps)
         train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
@@ -129,15 +143,25 @@ def register(app: typer.Typer) -> None:
             max_certifiable_radius,
         )
         from shieldkit.models import load_model
+        from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
         from shieldkit.utils.io import atomic_write_json
 
+        v.check_positive_float(sigma, "--sigma")
+        for value, flag in ((points, "--points"), (n0, "--n0"), (n, "--n")):
+            v.check_positive_int(value, flag)
+        v.check_fraction(alpha, "--alpha")
+        rs = v.parse_float_list(radii, "--radii")
+        v.check_choice(split, ("train", "test"), "--split")
+        v.check_dataset(data)
+        v.check_model_path(model_path, "--model")
+        v.check_out_file(out)
         dev = resolve_device(device)
         model = load_model(model_path, device=str(dev))
         ds = load_dataset(data, split).subset(points, seed=seed)
+        v.check_model_fits_data(model, ds, data_name=data)
         smooth = Smooth(model, len(ds.classes), sigma, device=dev)
         recs = certify_dataset(smooth, ds.x, ds.y, n0=n0, n=n, alpha=alpha, seed=seed)
-        rs = [float(r) for r in radii.split(",") if r]
         acc = certified_accuracy(recs, rs)
         for r, a in acc.items():
             console.print(f"certified accuracy at ℓ2 radius {r:g}: {a:.1%}")

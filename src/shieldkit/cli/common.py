@@ -4,28 +4,13 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from shieldkit.utils.validate import parse_eps, parse_int_list
+
 console = Console()
 
-
-def parse_budgets(text: str) -> list[int]:
-    """Comma-separated query budgets → sorted unique ints, with a CLI-friendly error."""
-    import typer
-
-    try:
-        out = sorted({int(b) for b in text.split(",") if b.strip()})
-    except ValueError as exc:
-        raise typer.BadParameter(f"--budgets must be comma-separated integers, got {text!r}") from exc
-    if not out or out[0] <= 0:
-        raise typer.BadParameter(f"--budgets must be positive integers, got {text!r}")
-    return out
+__all__ = ["console", "parse_budgets", "parse_eps"]
 
 
-def parse_eps(text: str | float) -> float:
-    """Parse ε given as a float or a fraction such as ``8/255``."""
-    if isinstance(text, float | int):
-        return float(text)
-    text = text.strip()
-    if "/" in text:
-        num, den = text.split("/", 1)
-        return float(num) / float(den)
-    return float(text)
+def parse_budgets(text: str, flag: str = "--budgets") -> list[int]:
+    """Comma-separated query budgets → sorted unique positive ints (``InputError`` naming the flag)."""
+    return parse_int_list(text, flag)

@@ -12,6 +12,8 @@ from shieldkit.config import config_option
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Config = Annotated[Path | None, config_option()]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="delete this shieldkit output's previous contents and "
+                                                            "start afresh (instead of resuming / refusing)")]
 
 
 def register(app: typer.Typer) -> None:
@@ -31,14 +33,19 @@ def teacher(
     data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
     seed: int = 0,
     device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Train (or reuse the cached) standard, non-robust teacher."""
     from shieldkit.pipeline import ensure_teacher
-    from shieldkit.utils.device import resolve_device
+    from shieldkit.utils import validate as v
 
+    v.check_dataset(data, data_root)
+    v.check_positive_int(epochs, "--epochs")
+    v.check_out_file(out)
+    dev = v.resolve_device(device)
     out = out or Path("runs/teachers") / f"{data}-{arch}"
-    model = ensure_teacher(out, data=data, arch=arch, epochs=epochs, seed=seed, device=resolve_device(device),
-                           data_root=data_root)
+    model = ensure_teacher(out, data=data, arch=arch, epochs=epochs, seed=seed, device=dev,
+                           data_root=data_root, overwrite=overwrite)
     acc = 100 * model.card.extra.get("test_acc", float("nan"))
     console.print(f"teacher: {out}.safetensors  test accuracy {acc:.2f} %")
 
@@ -56,6 +63,7 @@ def synthesize_cmd(
     labels: Annotated[str, typer.Option(help="balanced | cycle | random")] = "balanced",
     seed: int = 0,
     device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Diversified sample synthesis (DataFreeShield §4.2) from a teacher's BatchNorm statistics.
 
@@ -67,12 +75,24 @@ def synthesize_cmd(
     from shieldkit.distributed.synthesis import synthesize_distributed
     from shieldkit.models import load_model
     from shieldkit.synthesis import SynthesisConfig, load_synthetic
+    from shieldkit.utils import validate as v
 
+    v.check_model_path(teacher_path, "--teacher")
+    v.check_out_dir(out)
+    for value, flag in ((n_samples, "--n-samples"), (iterations, "--iterations"), (batch_size, "--batch-size")):
+        v.check_positive_int(value, flag)
+    v.resolve_device(device)
     info = dist.init_distributed(device)
     try:
         model = load_model(teacher_path, device=str(info.device))
         cfg = SynthesisConfig(n_samples=n_samples, batch_size=batch_size, iterations=iterations,
                               coefficients=coefficients, labels=labels, seed=seed)
+        if overwrite:  # rank 0 clears the folder (only a shieldkit one) before any rank resumes into it
+            if info.rank == 0:
+                from shieldkit.utils.fingerprint import clear_run
+
+                clear_run(Path(out))
+            dist.barrier()
         synthesize_distributed(model, out, cfg, device=info.device)
         if info.rank == 0:
             save_run_metadata(out, {"synthesis": cfg, "cli": resolved_config(ctx)}, seed)
@@ -99,19 +119,32 @@ def train_synthetic(
     tau: float = 0.5,
     seed: int = 0,
     device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """Robust training of a copy of the teacher on a synthetic set (no real data)."""
     from shieldkit.models import load_model, save_model
     from shieldkit.synthesis import load_synthetic
     from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
-    from shieldkit.utils.device import resolve_device
+    from shieldkit.utils import validate as v
 
-    dev = resolve_device(device)
+    v.check_model_path(teacher_path, "--teacher")
+    v.check_existing_dir(synthetic, "--synthetic")
+    v.check_out_dir(out)
+    v.check_eps(eps, norm)
+    for value, flag in ((epochs, "--epochs"), (batch_size, "--batch-size"), (grad_refine, "--grad-refine")):
+        v.check_positive_int(value, flag)
+    v.check_positive_float(lr, "--lr")
+    v.check_fraction(tau, "--tau", closed=True)
+    dev = v.resolve_device(device)
     t = load_model(teacher_path, device=str(dev))
     syn = load_synthetic(synthetic)
     cfg = RobustTrainConfig(objective=objective, eps=parse_eps(eps), norm=norm, epochs=epochs, lr=lr,
                             batch_size=batch_size, grad_refine_batches=grad_refine, tau=tau, seed=seed)
-    student, _ = train_robust(init_student(t), syn.x, cfg, y=syn.y, t_logits=syn.t_logits, out_dir=out, device=dev)
+    from shieldkit.utils.fingerprint import fingerprint_model, fingerprint_synthetic
+
+    student, _ = train_robust(init_student(t), syn.x, cfg, y=syn.y, t_logits=syn.t_logits, out_dir=out, device=dev,
+                              inputs={"teacher": fingerprint_model(t), "synthetic": fingerprint_synthetic(syn)},
+                              overwrite=overwrite)
     save_model(student, Path(out) / "model", method=objective, training=cfg.to_dict())
     from shieldkit.config import resolved_config, save_run_metadata
 
@@ -130,26 +163,33 @@ def shield_cmd(
     quick: Annotated[bool, typer.Option(help="~2-minute smoke run")] = False,
     eps: Annotated[str | None, typer.Option(help="ε (default: preset's)")] = None,
     device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """DataFreeShield end to end: synthesize → train → evaluate, on a given teacher."""
     from shieldkit.data import load_dataset
     from shieldkit.models import load_model
     from shieldkit.pipeline import demo_config, shield
     from shieldkit.reporting.demo_report import print_summary
-    from shieldkit.utils.device import resolve_device
+    from shieldkit.utils import validate as v
 
-    dev = resolve_device(device)
+    v.check_model_path(teacher_path, "--teacher")
+    v.check_out_dir(out)
+    v.check_dataset(data, data_root)
+    if eps is not None:
+        v.check_eps(eps, "l2")  # > 0 and finite; the bound for the config's norm is checked below
+    dev = v.resolve_device(device)
     t = load_model(teacher_path, device=str(dev))
     from shieldkit.config import load_config, resolved_config, save_run_metadata, shield_config
 
     cfg = shield_config(load_config(config)) if config else demo_config(quick=quick)
     if eps is not None:
         cfg.training.eps = parse_eps(eps)
+    v.check_eps(cfg.training.eps, cfg.training.norm)
     if not (data or t.card.dataset):
         raise typer.BadParameter("the teacher's card names no dataset: pass --data for the real test set")
     test = load_dataset(data or t.card.dataset, "test", root=data_root)
-    save_run_metadata(out, {"shield": cfg, "cli": resolved_config(ctx)}, cfg.synthesis.seed)
-    res = shield(t, out, cfg, test_data=test, device=dev)
+    res = shield(t, out, cfg, test_data=test, device=dev, overwrite=overwrite)
+    save_run_metadata(out, {"shield": cfg, "cli": resolved_config(ctx)}, cfg.synthesis.seed)  # after the work
     print_summary(res, console)
 
 
@@ -157,9 +197,12 @@ def demo(
     quick: Annotated[bool, typer.Option(help="~2-minute smoke run with tiny settings")] = False,
     out: Path = Path("runs/demo"),
     device: Device = "auto",
+    overwrite: Overwrite = False,
 ) -> None:
     """The main job: MNIST-5k teacher → DataFreeShield → before/after table and HTML report."""
     from shieldkit.pipeline import run_demo
     from shieldkit.utils.device import resolve_device
+    from shieldkit.utils.validate import check_out_dir
 
-    run_demo(out, quick=quick, device=resolve_device(device))
+    check_out_dir(out)
+    run_demo(out, quick=quick, device=resolve_device(device), overwrite=overwrite)

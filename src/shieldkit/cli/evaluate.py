@@ -79,16 +79,26 @@ def register(app: typer.Typer) -> None:
         from shieldkit.evaluation.suite import SUITES, evaluate
         from shieldkit.models import load_model
         from shieldkit.reporting.eval_report import print_table
+        from shieldkit.utils import validate as v
 
-        if suite not in (*SUITES, "query"):
-            raise typer.BadParameter(f"--suite must be one of {', '.join(SUITES)}, query; got {suite!r}")
-        if norm not in ("linf", "l2"):
-            raise typer.BadParameter(f"--norm must be linf or l2, got {norm!r}")
-        if not model.exists():
-            raise typer.BadParameter(f"model file {model} does not exist")
+        v.check_choice(suite, (*SUITES, "query"), "--suite")
+        v.check_eps(eps, norm)
+        v.check_positive_int(n, "--n")
+        v.check_positive_int(batch_size, "--batch-size")
+        v.check_nonnegative_int(eot_samples, "--eot-samples")
+        if suite == "query":
+            parse_budgets(budgets)
+        v.check_model_path(model, "--model")
+        if teacher is not None:
+            v.check_model_path(teacher, "--teacher")
+        v.check_dataset(data, data_root)
+        v.check_out_dir(out)
+        device = str(v.resolve_device(device))
+        make_preprocess(preprocess)
         m = load_model(model)
         t = load_model(teacher) if teacher is not None else None
         test = load_dataset(data, "test", root=data_root)
+        v.check_model_fits_data(m, test, data_name=data)
         if suite == "query":
             from shieldkit.evaluation.query import evaluate_query
 

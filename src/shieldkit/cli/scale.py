@@ -76,7 +76,17 @@ def import_model_cmd(
         check_input_normalisation,
         import_model,
     )
+    from shieldkit.utils import validate as v
 
+    v.check_out_file(out)
+    v.check_existing_file(weights, "--weights")
+    v.check_dataset(data, data_root)
+    if num_classes is not None:
+        v.check_num_classes(num_classes)
+    for value, flag in ((in_channels, "--in-channels"), (image_size, "--image-size")):
+        if value is not None:
+            v.check_positive_int(value, flag)
+    v.check_nonnegative_int(check_n, "--check-n")
     test = load_dataset(data, "test", root=data_root) if data else None
     c, h = (test.image_shape[0], test.image_shape[1]) if test is not None else (None, None)
     try:
@@ -132,7 +142,16 @@ def dist_train(
     from shieldkit.models.importers import load_imported
     from shieldkit.synthesis import load_synthetic
     from shieldkit.training.robust import init_student
+    from shieldkit.utils import validate as v
 
+    v.check_model_path(teacher_path, "--teacher")
+    v.check_existing_dir(synthetic, "--synthetic")
+    v.check_out_dir(out)
+    v.check_eps(eps, "l2")  # > 0 and finite (the norm comes from the config)
+    for value, flag in ((epochs, "--epochs"), (batch_size, "--batch-size"), (grad_refine, "--grad-refine")):
+        v.check_positive_int(value, flag)
+    v.check_positive_float(lr, "--lr")
+    v.resolve_device(device)
     names = {"grad_refine": "grad_refine_batches"}
     keys = ("objective", "eps", "epochs", "lr", "batch_size", "grad_refine", "tau", "seed")
     defaults = {names.get(k, k): v for k, v in ctx.params.items() if k in keys}
@@ -179,8 +198,16 @@ def dist_evaluate(
     from shieldkit.distributed import dist
     from shieldkit.distributed.evaluation import evaluate_distributed
     from shieldkit.models.importers import load_imported
+    from shieldkit.utils import validate as v
     from shieldkit.utils.io import atomic_write_json
 
+    v.check_model_path(model_path, "--model")
+    v.check_dataset(data, data_root)
+    v.check_eps(eps, norm)
+    for value, flag in ((n_points, "--n-points"), (pgd_steps, "--pgd-steps"), (chunk_size, "--chunk-size")):
+        v.check_positive_int(value, flag)
+    v.check_out_dir(out)
+    v.resolve_device(device)
     info = dist.init_distributed(device)
     try:
         model = load_imported(model_path, device=info.device)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from shieldkit.cli.common import console, parse_budgets, parse_eps
+from shieldkit.errors import InputError
 
 
 def register(app: typer.Typer) -> None:
@@ -50,19 +51,33 @@ def sqa(
     from shieldkit.defenses.rnd import RandomNoiseDefense
     from shieldkit.defenses.unig import UniG, UniGConfig
     from shieldkit.models import load_model
+    from shieldkit.utils import validate as v
     from shieldkit.utils.device import resolve_device
     from shieldkit.utils.io import atomic_write_json, load_tensors
 
-    dev = resolve_device(device)
     names = [a.strip() for a in attacks.split(",") if a.strip()]
-    unknown = [a for a in names if a not in ATTACKS]
-    if unknown:
-        raise typer.BadParameter(f"unknown attack(s) {unknown}; available: {', '.join(ATTACKS)}")
-    if defence not in ("none", "rnd", "unig"):
-        raise typer.BadParameter(f"--defence must be none, rnd or unig, got {defence!r}")
+    if not names:
+        raise InputError(f"--attacks {attacks!r}: no attack given", hint=f"choose from {', '.join(ATTACKS)}")
+    for a in names:
+        v.check_choice(a, ATTACKS, "--attacks")
+    v.check_choice(defence, ("none", "rnd", "unig"), "--defence")
+    v.check_eps(eps, norm)
     budget_list = parse_budgets(budgets)
+    v.check_positive_int(n, "--n")
+    v.check_positive_float(sigma, "--sigma")
+    for value, flag in ((delta, "--delta"), (lr, "--lr")):
+        if value is not None:
+            v.check_positive_float(value, flag)
+    if steps is not None:
+        v.check_positive_int(steps, "--steps")
+    v.check_model_path(model_path, "--model")
+    v.check_existing_file(references, "--references")
+    v.check_dataset(data, data_root)
+    v.check_out_file(out)
+    dev = resolve_device(device)
     base = load_model(model_path, device=str(dev)).eval()
     dataset = load_dataset(data or base.card.dataset, split="test", root=data_root)
+    v.check_model_fits_data(base, dataset, data_name=data or base.card.dataset)
     model = base
     if defence == "rnd":
         model = RandomNoiseDefense(base, sigma, seed=seed)

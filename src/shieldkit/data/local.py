@@ -304,6 +304,12 @@ def load_imagefolder(split: str, root: Path, image_size: int | None = None,
     if not classes:
         raise FileNotFoundError(f"dataset 'imagefolder': no class folders in {train_dir}. Expected layout: "
                                 f"{IMAGEFOLDER_LAYOUT}")
+    if len(classes) < 2:
+        from shieldkit.errors import IncompatibleError
+
+        raise IncompatibleError(f"dataset 'imagefolder': {train_dir} has {len(classes)} class folder; at least two "
+                                "classes are needed", hint=f"add a second class folder. Expected layout: "
+                                f"{IMAGEFOLDER_LAYOUT}")
     unknown = sorted(p.name for p in split_dir.iterdir()
                      if p.is_dir() and not p.name.startswith(".") and p.name not in classes)
     if unknown:

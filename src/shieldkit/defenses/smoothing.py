@@ -55,8 +55,11 @@ class Smooth:
 
     def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 500,
                  device: str | torch.device = "cpu") -> None:
-        if sigma <= 0:
-            raise ValueError(f"sigma must be positive, got {sigma}")
+        from shieldkit.utils.validate import check_num_classes, check_positive_float, check_positive_int
+
+        sigma = check_positive_float(sigma, "sigma")
+        num_classes = check_num_classes(num_classes, "num_classes")
+        batch_size = check_positive_int(batch_size, "batch_size")
         self.base, self.num_classes, self.sigma = base, num_classes, sigma
         self.batch_size, self.device = batch_size, torch.device(device)
 

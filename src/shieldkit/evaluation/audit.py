@@ -29,11 +29,27 @@ adaptive_vs_standard       fail: an adaptive attack (BPDA, rescaled CE, latent, 
                            beats every standard attack — the standard numbers overestimate robustness
 =========================  =====================================================================
 
+Validity checks (issue 13) have a fourth status, ``"invalid"``: the *evaluation itself* is meaningless,
+whatever the attacks say, and the headline becomes ``INVALID — <reason>`` (never "Trustworthy"):
+
+=========================  =====================================================================
+finite_outputs             invalid: the model's logits contain NaN/Inf on the probe batch
+input_gradients            invalid: NaN/Inf input gradients on any point
+clean_accuracy             invalid: clean accuracy ≤ chance (1/C) + tolerance(n) — wrong
+                           normalisation, wrong dataset or label order
+class_count                invalid: the model outputs C' logits but the dataset has C classes
+eps_range                  invalid: ε outside the threat model (ℓ∞: (0, 1]; ℓ2: (0, √d]) for [0,1] images
+sample_size                invalid: n < MIN_POINTS = 16 points — the 95 % interval of an accuracy near
+                           50 % is then wider than ±25 points, so the stated number says nothing
+=========================  =====================================================================
+
 Tolerance: accuracies differ "meaningfully" when by more than ``max(0.02, 2/n)`` (two points at
 small n), so that sampling noise in randomised attacks does not raise false alarms.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +57,8 @@ from torch import nn
 
 from shieldkit.attacks.losses import margin_loss
 
-PASS, WARN, FAIL = "pass", "warn", "fail"
+PASS, WARN, FAIL, INVALID = "pass", "warn", "fail", "invalid"
+MIN_POINTS = 16  # 95 % CI half-width at p = 0.5 is ≈ 0.98/√n: ≤ ~0.25 needs n ≥ 16
 ZERO_GRAD_FAIL_FRACTION = 0.10
 VANISHING_NORM = 1e-12
 UNBOUNDED_MAX_ACC = 0.02
@@ -73,6 +90,11 @@ def check_eval_mode(model: nn.Module) -> dict:
 @torch.no_grad()
 def check_softmax(model: nn.Module, x: torch.Tensor, atol: float = 1e-5) -> dict:
     out = model(x)
+    if not bool(torch.isfinite(out).all()):
+        bad = int((~torch.isfinite(out)).any(1).sum())
+        return check("logits_not_softmax", INVALID,
+                     f"outputs are NaN/Inf on {bad} of {len(out)} probe points — cannot tell logits from "
+                     "probabilities; the model is broken (non-finite weights?)", non_finite_points=bad)
     nonneg = bool(out.min() > -atol)
     sums = out.sum(1)
     sum_one = bool(((sums - 1).abs() < 1e-4).all())
@@ -144,6 +166,7 @@ def input_gradient_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
         gn = g.flatten(1).double().norm(dim=1)
         stats[name] = {
             "nan": float(torch.isnan(gn).float().mean()),
+            "nonfinite": float((~torch.isfinite(gn)).float().mean()),
             "zero": float((gn == 0).float().mean()),
             "vanishing": float((gn < VANISHING_NORM).float().mean()),
             "median_norm": float(gn[~torch.isnan(gn)].median()) if (~torch.isnan(gn)).any() else float("nan"),
@@ -158,8 +181,8 @@ def check_gradients(stats: dict) -> dict:
         f"‖∇‖₂ {ce['median_norm']:.3g}; margin: {mg['zero']:.0%} zero, {mg['nan']:.0%} NaN, median "
         f"‖∇‖₂ {mg['median_norm']:.3g}"
     )
-    if max(ce["nan"], mg["nan"]) > 0:
-        return check("input_gradients", FAIL, "NaN input gradients — " + ev, **stats)
+    if max(ce["nan"], mg["nan"], ce.get("nonfinite", 0.0), mg.get("nonfinite", 0.0)) > 0:
+        return check("input_gradients", INVALID, "non-finite (NaN/Inf) input gradients — " + ev, **stats)
     if max(ce["zero"], mg["zero"]) > ZERO_GRAD_FAIL_FRACTION:
         return check(
             "input_gradients",
@@ -175,6 +198,60 @@ def check_gradients(stats: dict) -> dict:
             **stats,
         )
     return check("input_gradients", PASS, ev, **stats)
+
+
+# ----------------------------------------------------------------------------------- validity checks
+@torch.no_grad()
+def check_finite_outputs(model: nn.Module, x: torch.Tensor) -> dict:
+    out = model(x)
+    bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
+    if bad:
+        return check("finite_outputs", INVALID,
+                     f"logits are NaN/Inf on {bad} of {len(out)} probe points — the model is broken "
+                     "(non-finite weights or an overflow); nothing it scores means anything", non_finite_points=bad)
+    return check("finite_outputs", PASS, f"logits finite on all {len(out)} probe points")
+
+
+def check_class_count(model_outputs: int, num_classes: int) -> dict:
+    ev = f"model outputs {model_outputs} logits, dataset has {num_classes} classes"
+    if model_outputs != num_classes:
+        return check("class_count", INVALID, ev + " — the model was not trained for this dataset",
+                     model_outputs=model_outputs, num_classes=num_classes)
+    return check("class_count", PASS, ev)
+
+
+def check_eps_range(eps: float, norm: str, dim: int) -> dict:
+    hi = 1.0 if norm == "linf" else math.sqrt(dim)
+    rng = "(0, 1]" if norm == "linf" else f"(0, √d = {hi:.4g}]"
+    ev = f"ε = {eps:.4g} ({norm}); valid range for [0,1] images {rng}"
+    if not (math.isfinite(eps) and 0 < eps <= hi + 1e-12):
+        return check("eps_range", INVALID, ev + " — ε outside the threat model (a budget that covers the whole "
+                     "image box makes every number meaningless)", eps=eps, max_eps=hi)
+    return check("eps_range", PASS, ev)
+
+
+def check_sample_size(n: int, min_points: int = MIN_POINTS) -> dict:
+    half = 0.98 / math.sqrt(max(n, 1))
+    ev = f"{n} points: 95% interval half-width up to ±{half:.0%} (minimum {min_points} points)"
+    if n < min_points:
+        return check("sample_size", INVALID, ev + " — too few points for the stated interval; use more --n",
+                     n=n, min_points=min_points)
+    return check("sample_size", PASS, ev)
+
+
+def check_clean_accuracy(clean_acc: float, num_classes: int, n: int) -> dict:
+    chance = 1.0 / max(num_classes, 1)
+    bar = chance + tolerance(n)
+    ev = f"clean accuracy {clean_acc:.1%} vs chance {chance:.1%} (+ tolerance {tolerance(n):.1%})"
+    if not clean_acc > bar:
+        return check("clean_accuracy", INVALID,
+                     ev + " — the model is at or below chance on this data: wrong normalisation (mean/std), "
+                     "wrong dataset or label order", chance=chance, threshold=bar)
+    return check("clean_accuracy", PASS, ev)
+
+
+def invalid_reasons(audit: list[dict]) -> list[str]:
+    return [c["name"] + ": " + c["evidence"] for c in audit if c["verdict"] == INVALID]
 
 
 # ------------------------------------------------------------------------- checks on the attack results
@@ -299,6 +376,11 @@ def check_adaptive(adaptive: dict[str, float], standard: dict[str, float], n: in
 
 
 def headline(audit: list[dict], robust_acc: float, ci: list[float]) -> tuple[bool, str]:
+    invalid = [c for c in audit if c["verdict"] == INVALID]
+    if invalid:
+        names = ", ".join(c["name"] for c in invalid)
+        return False, (f"INVALID — {invalid[0]['evidence']} ({len(invalid)} validity check(s) failed: {names}). "
+                       f"The measured robust accuracy {robust_acc:.1%} means nothing.")
     fails = [c["name"] for c in audit if c["verdict"] == FAIL]
     warns = [c["name"] for c in audit if c["verdict"] == WARN]
     num = f"robust accuracy {robust_acc:.1%} (95% CI {ci[0]:.1%}–{ci[1]:.1%})"

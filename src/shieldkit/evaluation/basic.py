@@ -59,6 +59,9 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     Robust accuracy counts a point as robust only if it is classified correctly clean *and* under the
     attack (the per-point worst case of clean and attack).
     """
+    from shieldkit.evaluation.suite import precheck
+
+    eps = precheck(model, data, eps=eps, norm=norm, out=None, n=n)
     device = torch.device(device)
     model = model.to(device).eval()
     sub = data.subset(n, seed=seed)

@@ -45,13 +45,10 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
     ``robust_acc`` is the per-point worst case over all attacks at the largest budget.
     """
     from shieldkit.evaluation.curves import plot_query_curves
-    from shieldkit.evaluation.suite import write_outputs
+    from shieldkit.evaluation.suite import eval_fingerprints, precheck, validity_probe, write_outputs
     from shieldkit.utils.provenance import provenance
 
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
-    if n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    eps = precheck(model, dataset, eps=eps, norm=norm, out=out, n=n)
     dev = resolve_device(str(device))
     t0 = time.perf_counter()
     was_training = model.training
@@ -118,6 +115,10 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
             )
     robust = torch.tensor(q["per_point_robust"], dtype=torch.bool)
     worst = accuracy_summary(int(robust.sum()), n_pts)
+    validity = validity_probe(model, dataset.subset(n, seed=seed), eps=eps, norm=norm, batch=16,
+                              device=torch.device(dev))
+    validity.append(A.check_clean_accuracy(float(q["clean_accuracy"]), dataset.num_classes, n_pts))
+    audit[:0] = validity
     trusted, head = A.headline(audit, worst["acc"], worst["ci"])
     card = getattr(model, "card", None) or getattr(getattr(model, "model", None), "card", None)
     res = {
@@ -134,6 +135,7 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
         "suite": "query",
         "dataset": dataset.name,
         "model": card.to_dict() if card is not None else {"class": type(model).__name__},
+        "valid": not A.invalid_reasons(audit),
         "trustworthy": trusted,
         "headline": head,
         "attacks": recs,
@@ -146,6 +148,8 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
         "device": str(dev),
         "provenance": provenance(),
     }
+    res["fingerprints"] = eval_fingerprints(model, dataset.subset(n, seed=seed), {
+        "eps": float(eps), "norm": norm, "n": n_pts, "seed": seed, "suite": "query", "budgets": list(budgets)})
     pngs = {"accuracy_vs_queries": plot_query_curves(res["curves"]["queries"], float(eps), norm)}
     if out is not None:
         write_outputs(res, pngs, Path(out))

@@ -64,6 +64,7 @@ from shieldkit.data.base import ImageDataset
 from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.utils.seed import derive_seed, make_generator
+from shieldkit.utils.validate import check_choice
 
 SUITES = ("quick", "standard", "full")
 
@@ -414,14 +415,10 @@ def evaluate(
     from shieldkit.utils.provenance import provenance
 
     norm = canonical_norm(norm)
-    if suite not in SUITES:
-        raise ValueError(f"suite must be one of {SUITES}, got {suite!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    check_choice(suite, SUITES, "suite")
     if not isinstance(dataset, ImageDataset):
         raise TypeError(f"dataset must be a shieldkit ImageDataset, got {type(dataset).__name__}")
-    if n is not None and n <= 0:
-        raise ValueError(f"n must be positive, got {n}")
+    eps = precheck(model, dataset, eps=eps, norm=norm, out=out, n=n)
     spec = spec or SUITE_SPECS[suite]
     dev = _resolve(device)
     t_start = time.perf_counter()
@@ -448,10 +445,14 @@ def evaluate(
         train_data=train_data,
         verbose=verbose,
     )
+    validity = validity_probe(ev.system, data, eps=eps, norm=norm, batch=ev.bs, device=dev)
     try:
         result = _run_all(ev, audit)
     finally:
         model.train(was_training)
+    clean_run = next(r for r in ev.runs if r.name == "clean")
+    validity.append(A.check_clean_accuracy(float(clean_run.robust.float().mean()), data.num_classes, len(data)))
+    audit[:0] = validity  # validity checks first: they override every other verdict
     n_pts = len(data)
     robust_all = torch.ones(n_pts, dtype=torch.bool)
     for r in ev.runs:
@@ -481,6 +482,7 @@ def evaluate(
         "suite": spec.name,
         "dataset": data.name,
         "model": card.to_dict() if card is not None else {"class": type(model).__name__},
+        "valid": not A.invalid_reasons(audit),
         "trustworthy": trusted,
         "headline": head,
         "attacks": recs,
@@ -496,6 +498,8 @@ def evaluate(
         "provenance": provenance(),
         "suite_spec": asdict(spec),
     }
+    res["fingerprints"] = eval_fingerprints(model, data, {k: res[k] for k in (
+        "eps", "norm", "n", "seed", "suite", "suite_spec", "eot_samples", "preprocess")})
     pngs = {
         "eps_curve": plot_eps_curve(result["curves"]["eps"], float(eps), norm, result["curves"]["eps_attack"]),
         "iteration_curve": plot_iteration_curve(result["curves"]["iterations"], float(eps), norm),
@@ -506,17 +510,96 @@ def evaluate(
     return res
 
 
+def precheck(model: nn.Module, dataset: ImageDataset, *, eps: float, norm: str, out: str | Path | None,
+             n: int | None = None) -> float:
+    """Everything that can be refused before a single attack runs (issue 13): ``--out`` not an existing
+    file, a positive point count, ε inside the threat model, model card vs dataset (classes, channels,
+    size, ≥ 2 classes) and finite weights. The Python API and the CLI both go through it. Returns ε."""
+    from shieldkit.models.checks import check_finite_weights, check_model_data
+    from shieldkit.utils.validate import check_eps, check_out_dir, check_positive_int
+
+    check_out_dir(out, flag="out")
+    if n is not None:
+        check_positive_int(n, "n")
+    eps = check_eps(eps, norm, dim=int(torch.tensor(dataset.image_shape).prod()), flag="eps")
+    card = getattr(model, "card", None) or getattr(getattr(model, "model", None), "card", None)
+    check_model_data(card, dataset, source=f"model {card.arch!r}" if card is not None else "model")
+    check_finite_weights(model, source="model")
+    return eps
+
+
+def validity_probe(system: nn.Module, data: ImageDataset, *, eps: float, norm: str, batch: int,
+                   device: torch.device) -> list[dict]:
+    """The audit's validity checks that need no attack: finite logits, class count, ε range, sample size."""
+    x = data.x[: min(len(data), batch)].to(device)
+    with torch.no_grad():
+        out = system(x)
+    checks = [A.check_finite_outputs(system, x), A.check_class_count(int(out.shape[-1]), data.num_classes),
+              A.check_eps_range(float(eps), norm, int(torch.tensor(data.image_shape).prod())),
+              A.check_sample_size(len(data))]
+    return checks
+
+
+def eval_fingerprints(model: nn.Module, data: ImageDataset, config: dict) -> dict:
+    """What determined an evaluation (issue 13): the model's weights + card, the exact points scored and
+    the resolved evaluation settings. An evaluation is all-or-nothing (see :func:`write_outputs`), so a
+    re-run into the same folder replaces it whole; these say whether the inputs changed."""
+    from shieldkit.utils.fingerprint import fingerprint_dataset, fingerprint_model, shieldkit_version
+
+    return {"model": fingerprint_model(model), "data": fingerprint_dataset(data), "evaluation": config,
+            "version": shieldkit_version()}
+
+
+# the files an evaluation writes; any of them left from an earlier evaluation is removed when a new one is
+# written into the same folder (plus whatever the earlier evaluation.json listed under "artefacts")
+EVAL_ARTEFACTS = ("evaluation.json", "report.html", "eps_curve.png", "iteration_curve.png",
+                  "accuracy_vs_queries.png")
+
+
 def write_outputs(res: dict, pngs: dict[str, bytes], out: Path) -> None:
+    """Write the evaluation into ``out``: everything goes to a temporary sibling folder first, then the
+    artefacts of any earlier evaluation in ``out`` are removed and the new ones moved in, so a report never
+    sits beside stale plots (other files in ``out`` are left alone)."""
+    import json
+    import shutil
+    import tempfile
+
     from shieldkit.reporting.eval_report import render_html
+    from shieldkit.utils.fingerprint import first_difference
     from shieldkit.utils.io import atomic_write_json, atomic_write_text
 
-    out.mkdir(parents=True, exist_ok=True)
-    for k, b in pngs.items():
-        tmp = out / f".{k}.png.tmp"
-        tmp.write_bytes(b)
-        tmp.replace(out / f"{k}.png")
-    atomic_write_json(out / "evaluation.json", {k: v for k, v in res.items() if not k.startswith("_")})
-    atomic_write_text(out / "report.html", render_html(res, pngs))
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        from shieldkit.errors import InputError
+
+        raise InputError(f"out {out}: is an existing file, not a folder", hint="give a folder path for --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    names = [f"{k}.png" for k in pngs] + ["evaluation.json", "report.html"]
+    try:
+        old = json.loads((out / "evaluation.json").read_text())
+        old = old if isinstance(old, dict) else {}
+    except (OSError, ValueError):
+        old = {}
+    res = {**res, "artefacts": names, "replaces": None}
+    if old:  # the folder held an evaluation: record whether this one was made from the same inputs
+        diff = first_difference(old.get("fingerprints") or {}, res.get("fingerprints") or {})
+        res["replaces"] = ("an evaluation of the same inputs" if diff is None else
+                           f"an evaluation made from other inputs ({diff[0]} changed)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        for k, b in pngs.items():
+            (tmp / f"{k}.png").write_bytes(b)
+        atomic_write_json(tmp / "evaluation.json", {k: v for k, v in res.items() if not k.startswith("_")})
+        atomic_write_text(tmp / "report.html", render_html(res, pngs))
+        out.mkdir(parents=True, exist_ok=True)
+        stale = set(EVAL_ARTEFACTS) | {Path(a).name for a in old.get("artefacts", []) if isinstance(a, str)}
+        for name in stale - set(names):
+            (out / name).unlink(missing_ok=True)
+        # the report last: a reader never sees a new report with the old plots
+        for name in sorted(names, key=lambda s: s in ("report.html", "evaluation.json")):
+            (tmp / name).replace(out / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
@@ -923,4 +1006,5 @@ def aa_square(ev: _Evaluator, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.T
     return res.robust.to(ev.device), res.x_adv
 
 
-__all__ = ["SUITES", "SUITE_SPECS", "SuiteSpec", "evaluate", "write_outputs"]
+__all__ = ["SUITES", "SUITE_SPECS", "SuiteSpec", "eval_fingerprints", "evaluate", "precheck", "validity_probe",
+           "write_outputs"]

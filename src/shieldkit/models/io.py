@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from shieldkit.models.checks import check_finite_weights
 from shieldkit.models.registry import create_model
 from shieldkit.models.wrapper import ModelCard, NormalizedClassifier
 from shieldkit.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
@@ -39,10 +40,14 @@ def load_model(path: str | Path, device: str = "cpu") -> NormalizedClassifier:
     if card.arch.startswith("imported:"):  # torchvision / timm / pytorchcv / TorchScript model
         from shieldkit.models.importers import load_imported
 
-        return load_imported(path, device=device)
+        imported = load_imported(path, device=device)
+        check_finite_weights(imported, str(weights))
+        return imported
     model = create_model(card.arch, num_classes=card.num_classes, in_channels=card.in_channels,
                          image_size=card.image_size, mean=card.mean, std=card.std, dataset=card.dataset,
                          classes=card.classes)
     model.card.extra = dict(card.extra)
-    model.load_state_dict(load_tensors(weights), strict=True)
+    state = load_tensors(weights)
+    check_finite_weights(state, str(weights))
+    model.load_state_dict(state, strict=True)
     return model.to(device).eval()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import html
 
-_COLORS = {"pass": "#1e8449", "warn": "#b9770e", "fail": "#c0392b"}
+_COLORS = {"pass": "#1e8449", "warn": "#b9770e", "fail": "#c0392b", "invalid": "#7d3c98"}
 
 
 def _pct(a: float | None) -> str:
@@ -21,7 +21,8 @@ def _ci(ci: list[float] | None) -> str:
 def render_html(res: dict, pngs: dict[str, bytes]) -> str:
     e = html.escape
     trusted = res.get("trustworthy", False)
-    head_col = (
+    invalid = any(c["verdict"] == "invalid" for c in res["audit"])
+    head_col = _COLORS["invalid"] if invalid else (
         _COLORS["pass"]
         if trusted and all(c["verdict"] == "pass" for c in res["audit"])
         else (_COLORS["warn"] if trusted else _COLORS["fail"])
@@ -125,7 +126,7 @@ def print_table(res: dict, console=None) -> None:  # noqa: ANN001
     a = Table(title="audit")
     for col in ("check", "verdict", "evidence"):
         a.add_column(col)
-    style = {"pass": "green", "warn": "yellow", "fail": "bold red"}
+    style = {"pass": "green", "warn": "yellow", "fail": "bold red", "invalid": "bold magenta"}
     for c in res["audit"]:
         a.add_row(c["name"], f"[{style[c['verdict']]}]{c['verdict']}[/]", c["evidence"])
     console.print(a)

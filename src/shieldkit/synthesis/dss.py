@@ -29,6 +29,12 @@ Work is split into shards of one batch; shard i's randomness comes only from
 (``rank``/``world_size``), reproduce the single uninterrupted run exactly. Shards are written
 atomically as they are made; a killed run resumes at the first missing shard.
 
+Integrity: the folder's ``fingerprints.json`` pins the teacher (weights + card), the synthesis config,
+the class count / image shape and the shieldkit version; a resume with other inputs is refused
+(``overwrite=True`` starts afresh). A non-finite teacher is refused before any work, a batch with a
+non-finite loss, image or logit aborts before its shard is written, and ``manifest.json`` (with every
+shard's sha256) is written only when all shards exist.
+
 Speed (measured here, 2 CPU cores, mnist_cnn, batch 200): channels-last memory format makes an
 input-gradient pass ~2.2× faster than contiguous NCHW on CPU, so the teacher runs channels-last.
 """
@@ -42,11 +48,20 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shieldkit.errors import InputError, IntegrityError
 from shieldkit.synthesis.losses import BNStatistics, class_loss, tv_prior
 from shieldkit.synthesis.store import MANIFEST, shard_path, write_manifest, write_shard
-from shieldkit.utils.io import read_json
+from shieldkit.utils.fingerprint import RunManifest, check_finite_teacher, fingerprint_model
+from shieldkit.utils.io import load_tensors, read_json
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
+from shieldkit.utils.validate import (
+    check_choice,
+    check_nonnegative_float,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+)
 
 TERMS = ("class", "feature", "prior")
 
@@ -69,14 +84,17 @@ class SynthesisConfig:
     def __post_init__(self) -> None:
         self.dss_terms = tuple(self.dss_terms)
         self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
-        if self.coefficients not in ("dss", "fixed"):
-            raise ValueError(f"coefficients must be 'dss' or 'fixed', got {self.coefficients!r}")
-        if self.labels not in ("balanced", "cycle", "random"):
-            raise ValueError(f"labels must be balanced|cycle|random, got {self.labels!r}")
+        check_choice(self.coefficients, ("dss", "fixed"), "coefficients")
+        check_choice(self.labels, ("balanced", "cycle", "random"), "labels")
         if bad := set(self.dss_terms) - set(TERMS):
-            raise ValueError(f"unknown DSS terms {sorted(bad)}; choose from {TERMS}")
-        if self.n_samples <= 0 or self.batch_size <= 0 or self.iterations < 0:
-            raise ValueError("n_samples and batch_size must be positive, iterations non-negative")
+            raise InputError(f"dss_terms {sorted(bad)}: unknown DSS terms", hint=f"choose from {TERMS}")
+        self.n_samples = check_positive_int(self.n_samples, "n_samples")
+        self.batch_size = check_positive_int(self.batch_size, "batch_size")
+        self.iterations = check_nonnegative_int(self.iterations, "iterations")
+        self.lr = check_positive_float(self.lr, "lr")
+        self.jitter = check_nonnegative_int(self.jitter, "jitter")
+        for i, w in enumerate(self.weights):
+            check_nonnegative_float(w, f"weights[{i}]")
 
     @property
     def num_shards(self) -> int:
@@ -147,7 +165,7 @@ def synthesize_batch(teacher: nn.Module, labels: torch.Tensor, alphas: torch.Ten
 
 def synthesize(teacher: nn.Module, out_dir: str | Path, cfg: SynthesisConfig, *, num_classes: int | None = None,
                image_shape: tuple[int, int, int] | None = None, device: str | torch.device = "cpu",
-               rank: int = 0, world_size: int = 1, progress: bool = True) -> Path:
+               rank: int = 0, world_size: int = 1, progress: bool = True, overwrite: bool = False) -> Path:
     """Synthesise ``cfg.n_samples`` images from ``teacher`` into shards under ``out_dir`` (resumable).
 
     ``teacher`` is a :class:`~shieldkit.models.NormalizedClassifier` (or any [0,1]-input module with
@@ -165,19 +183,65 @@ def synthesize(teacher: nn.Module, out_dir: str | Path, cfg: SynthesisConfig, *,
     mean = getattr(teacher, "mean", torch.zeros(1, image_shape[0], 1, 1)).to(device)
     std = getattr(teacher, "std", torch.ones(1, image_shape[0], 1, 1)).to(device)
 
+    check_finite_teacher(teacher)
     manifest = {"config": cfg.to_dict(), "num_classes": num_classes, "image_shape": list(image_shape),
                 "teacher": card.to_dict() if card else None, "num_shards": cfg.num_shards}
-    mpath = out / MANIFEST
-    if mpath.exists():
-        old = read_json(mpath)
-        if old.get("config") != manifest["config"] or old.get("num_classes") != num_classes:
-            raise ValueError(f"{out} already holds a synthetic set made with a different configuration; "
-                             f"use another output directory (or delete it) to start afresh")
-    elif rank == 0:
-        write_manifest(out, manifest)
+    fps = {"teacher": fingerprint_model(teacher), "synthesis": cfg.to_dict(), "num_classes": num_classes,
+           "image_shape": list(image_shape)}
+    status = _check_fingerprints(out, fps, overwrite, rank, world_size)
+    try:
+        _synthesize_shards(teacher, out, cfg, manifest, num_classes, image_shape, mean, std, device, rank,
+                           world_size, progress)
+    except BaseException:
+        if status == "fresh" and rank == 0:
+            RunManifest.discard_if_unused(out)
+        raise
+    return out
 
+
+def _check_fingerprints(out: Path, fps: dict, overwrite: bool, rank: int, world_size: int) -> str:
+    """Rank 0 checks (or writes) ``fingerprints.json``; with several ranks the others wait for it, then
+    check it too, so all fail together on a mismatch."""
+    import torch.distributed as tdist
+
+    many = world_size > 1 and tdist.is_available() and tdist.is_initialized()
+    status, error = "resume", None
+    if rank == 0:
+        try:
+            status = RunManifest.check_or_init(out, fps, overwrite)
+        except IntegrityError as exc:
+            error = exc
+    if many:
+        tdist.barrier()  # reached by rank 0 even on a mismatch, so no rank waits forever
+    if error is not None:
+        raise error
+    if rank != 0:
+        status = RunManifest.check_or_init(out, fps, False)
+    return status
+
+
+def _check_existing_shard(out: Path, i: int, manifest_on_disk: dict | None) -> None:
+    from shieldkit.synthesis.store import verify_shard
+
+    if manifest_on_disk is not None:
+        verify_shard(out, i, manifest_on_disk)
+        return
+    t = load_tensors(shard_path(out, i))  # atomically written: complete, or a CorruptFileError
+    if not all(bool(torch.isfinite(v).all()) for v in t.values() if torch.is_floating_point(v)):
+        raise IntegrityError(f"{shard_path(out, i)}: contains NaN or Inf values",
+                             hint="use a new --out or add --overwrite to start afresh")
+
+
+def _synthesize_shards(teacher: nn.Module, out: Path, cfg: SynthesisConfig, manifest: dict, num_classes: int,
+                       image_shape: tuple[int, int, int], mean: torch.Tensor, std: torch.Tensor,
+                       device: torch.device, rank: int, world_size: int, progress: bool) -> None:
+    mpath = out / MANIFEST
+    on_disk = read_json(mpath) if mpath.exists() else None
     mine = [i for i in range(rank, cfg.num_shards, world_size)]
     todo = [i for i in mine if not shard_path(out, i).exists()]
+    for i in mine:
+        if i not in todo:
+            _check_existing_shard(out, i, on_disk)
     was_training = teacher.training
     flags = [p.requires_grad for p in teacher.parameters()]
     teacher.eval().to(device)
@@ -199,6 +263,12 @@ def synthesize(teacher: nn.Module, out_dir: str | Path, cfg: SynthesisConfig, *,
                 images, stats = synthesize_batch(teacher, labels, alphas, cfg, g, image_shape, mean, std)
                 with torch.no_grad():
                     t_logits = teacher(images)
+                if not (all(map(_finite, stats.values())) and bool(torch.isfinite(images).all())
+                        and bool(torch.isfinite(t_logits).all())):
+                    raise IntegrityError(f"{out}: shard {i}: non-finite synthesis loss, images or teacher logits "
+                                         f"(losses {stats}); nothing written for this shard",
+                                         hint="check the teacher (finite weights, BatchNorm statistics) or "
+                                              "lower the synthesis lr")
                 seconds = time.perf_counter() - t0
                 write_shard(out, i, images=images, labels=labels, alphas=alphas, t_logits=t_logits,
                             info={**{f"loss_{k}": v for k, v in stats.items()}, "seconds": seconds,
@@ -210,4 +280,11 @@ def synthesize(teacher: nn.Module, out_dir: str | Path, cfg: SynthesisConfig, *,
         for p, f in zip(teacher.parameters(), flags, strict=True):
             p.requires_grad_(f)
         teacher.train(was_training)
-    return out
+    # The manifest (with every shard's sha256) is the completion marker: written once all shards exist.
+    complete = all(shard_path(out, i).exists() for i in range(cfg.num_shards))
+    if complete and (todo or on_disk is None):
+        write_manifest(out, manifest)
+
+
+def _finite(v: float) -> bool:
+    return v == v and v not in (float("inf"), float("-inf"))

@@ -3,6 +3,11 @@
 Each shard holds ``images`` ([0,1] float32), ``labels`` (assigned ŷ), ``alphas`` (the α's of Eq 8
 used for that batch) and ``t_logits`` (teacher logits on the saved images — the soft labels that
 L_DFShield trains on), plus per-shard timing/loss info in the safetensors metadata.
+
+The manifest is written *last*, once every shard exists, and is the completion marker readers
+require; it lists the sha256 of every shard file (``shards: [{"file", "sha256"}]``), which
+:func:`load_synthetic` verifies, so a corrupted shard is refused rather than silently used.
+The folder's ``fingerprints.json`` (see :mod:`shieldkit.utils.fingerprint`) pins its inputs.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from shieldkit.errors import IntegrityError
+from shieldkit.utils.fingerprint import sha256_file
 from shieldkit.utils.io import atomic_write_json, load_tensors, read_json, save_tensors
 
 MANIFEST = "manifest.json"
@@ -24,7 +31,24 @@ def shard_path(out: Path, i: int) -> Path:
 
 
 def write_manifest(out: Path, manifest: dict) -> None:
-    atomic_write_json(Path(out) / MANIFEST, manifest)
+    """Write the manifest with the sha256 of every shard (all shards must exist)."""
+    out = Path(out)
+    shards = [{"file": shard_path(out, i).name, "sha256": sha256_file(shard_path(out, i))}
+              for i in range(manifest["num_shards"])]
+    atomic_write_json(out / MANIFEST, {**manifest, "shards": shards})
+
+
+def verify_shard(out: Path, i: int, manifest: dict) -> None:
+    """Raise :class:`IntegrityError` if shard ``i`` differs from the sha256 the manifest records."""
+    recorded = (manifest.get("shards") or [None] * (i + 1))[i]
+    if recorded is None:
+        raise IntegrityError(f"{out}: manifest records no sha256 for shard {i} (written by an older shieldkit)",
+                             hint="re-create the set: `shieldkit synthesize` with a new --out or --overwrite")
+    actual = sha256_file(shard_path(out, i))
+    if actual != recorded["sha256"]:
+        raise IntegrityError(f"{shard_path(out, i)}: corrupt or replaced (sha256 {actual[:12]}… ≠ recorded "
+                             f"{recorded['sha256'][:12]}…)",
+                             hint="re-create the set: `shieldkit synthesize` with a new --out or --overwrite")
 
 
 def write_shard(out: Path, i: int, *, images: torch.Tensor, labels: torch.Tensor, alphas: torch.Tensor,
@@ -65,6 +89,7 @@ def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> Syntheti
         if not p.exists():
             missing.append(i)
             continue
+        verify_shard(out, i, manifest)
         t = load_tensors(p)
         with safe_open(str(p), framework="pt") as fh:
             infos.append(json.loads(fh.metadata().get("info", "{}")))

@@ -12,6 +12,12 @@ Resumability: the state (student, optimiser, scheduler, position in the epoch) i
 atomically every ``checkpoint_every`` updates and at the end of every epoch. All randomness —
 the epoch permutation and the attack's random start — is derived from ``(seed, epoch)`` and
 ``(seed, update)``, so a resumed run is bit-identical to an uninterrupted one.
+
+Integrity: with ``out_dir`` the folder's ``fingerprints.json`` pins the inputs — ``inputs`` from the
+caller first (e.g. ``teacher`` — the student's initial weights — and ``synthetic`` fingerprints), then
+``data`` (digest of x / y / t_logits), ``training`` (the config) and ``version``;
+a resume with other inputs is refused (``overwrite=True`` starts afresh). A non-finite loss, or
+non-finite weights at a checkpoint, abort before that checkpoint is written.
 """
 
 from __future__ import annotations
@@ -26,8 +32,10 @@ import torch
 from torch import nn
 
 from shieldkit.attacks.pgd import PGDConfig
+from shieldkit.errors import IntegrityError
 from shieldkit.training.gradrefine import GradRefine
 from shieldkit.training.objectives import Batch, create_objective
+from shieldkit.utils.fingerprint import RunManifest, sha256_tensor
 from shieldkit.utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
@@ -59,6 +67,30 @@ class RobustTrainConfig:
     checkpoint_every: int = 20
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        """Refuse a configuration that cannot train (issue 13), in the API as on the CLI: the same
+        validators the flags go through, with the field name in the message."""
+        from shieldkit.utils.validate import (
+            check_eps,
+            check_fraction,
+            check_nonnegative_float,
+            check_nonnegative_int,
+            check_positive_float,
+            check_positive_int,
+        )
+
+        self.eps = check_eps(self.eps, self.norm, flag="eps")
+        for name in ("epochs", "batch_size", "grad_refine_batches", "checkpoint_every"):
+            setattr(self, name, check_positive_int(getattr(self, name), name))
+        self.attack_steps = check_nonnegative_int(self.attack_steps, "attack_steps")
+        self.lr = check_positive_float(self.lr, "lr")
+        self.weight_decay = check_nonnegative_float(self.weight_decay, "weight_decay")
+        self.eps_warmup = check_fraction(self.eps_warmup, "eps_warmup", closed=True)
+        if self.attack_alpha is not None:
+            self.attack_alpha = check_positive_float(self.attack_alpha, "attack_alpha")
+        if self.grad_clip is not None:
+            self.grad_clip = check_positive_float(self.grad_clip, "grad_clip")
+
     def attack(self) -> PGDConfig:
         return PGDConfig(eps=self.eps, norm=self.norm, steps=self.attack_steps, alpha=self.attack_alpha,
                          random_start=True, start=self.attack_start)
@@ -73,14 +105,22 @@ class RobustTrainConfig:
 def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *, y: torch.Tensor | None = None,
                  t_logits: torch.Tensor | None = None, out_dir: str | Path | None = None,
                  device: str | torch.device = "cpu", progress: bool = True,
-                 stop_after_updates: int | None = None) -> tuple[nn.Module, dict]:
+                 stop_after_updates: int | None = None, inputs: dict | None = None,
+                 overwrite: bool = False) -> tuple[nn.Module, dict]:
     """Adversarially train ``student`` (in place) on images ``x`` with labels ``y`` and/or teacher logits.
 
     ``out_dir`` enables checkpointing/resume. ``stop_after_updates`` stops early (used by tests to
-    simulate a kill). Returns the student (eval mode) and a history dict.
+    simulate a kill). ``inputs``: extra fingerprints that must match on resume (see the module doc).
+    Returns the student (eval mode) and a history dict.
     """
     device = torch.device(device)
     n = check_training_inputs(x, y, t_logits)
+    if out_dir is not None:
+        fps = {**(inputs or {}),
+               "data": {k: None if t is None else sha256_tensor(t) for k, t in (("x", x), ("y", y),
+                                                                                ("t_logits", t_logits))},
+               "training": _jsonable(cfg.to_dict())}
+        RunManifest.check_or_init(out_dir, fps, overwrite)
     objective = create_objective(cfg.objective, cfg.attack(), **cfg.objective_kwargs)
     B = cfg.grad_refine_batches
     per_epoch = cfg.updates_per_epoch(n)
@@ -119,7 +159,8 @@ def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *,
                               None if t_dev is None else t_dev[idx])
                 loss, _ = objective(student, batch, gen)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at update {step}; lower --lr")
+                    raise IntegrityError(f"non-finite training loss at update {step}; nothing saved for this "
+                                         f"update", hint="lower --lr (or check the data for NaN/Inf)")
                 loss.backward()
                 if refiner is not None:
                     refiner.accumulate()
@@ -139,6 +180,9 @@ def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *,
                 history["epoch_seconds"].append(time.perf_counter() - t_epoch)
                 t_epoch = time.perf_counter()
             if ckpt is not None and (end_of_epoch or step % cfg.checkpoint_every == 0 or step == total):
+                if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+                    raise IntegrityError(f"non-finite weights after update {step}; checkpoint not written",
+                                         hint="lower --lr or enable grad_clip")
                 atomic_torch_save(ckpt, {"student": student.state_dict(), "optimizer": opt.state_dict(),
                                          "scheduler": sched.state_dict(), "step": step, "history": history,
                                          "config": _jsonable(cfg.to_dict())})

@@ -6,9 +6,9 @@ import torch
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"--device {device} requested but CUDA is not available on this machine")
-    return dev
+    """``auto | cpu | cuda | cuda:N | mps`` → ``torch.device`` (validated by
+    :func:`shieldkit.utils.validate.resolve_device`: an unavailable device raises ``DependencyError``,
+    a ``RuntimeError``)."""
+    from shieldkit.utils.validate import resolve_device as _resolve
+
+    return _resolve(device)

@@ -71,10 +71,24 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a safetensors file. A missing file is a ``MissingInputError``, a truncated or corrupt one a
+    ``CorruptFileError`` naming the file (both ``shieldkit.errors``; subclasses of ``FileNotFoundError`` /
+    ``ValueError``)."""
+    from safetensors import SafetensorError
+
+    from shieldkit.errors import CorruptFileError, MissingInputError
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    return load_file(str(path), device=str(device))
+        raise MissingInputError(f"{path}: no such file", hint="check the path (weights are FILE.safetensors)")
+    if path.is_dir():
+        raise MissingInputError(f"{path}: is a folder, a .safetensors file is expected")
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as exc:  # header too large / incomplete metadata / ...
+        raise CorruptFileError(f"{path}: not a valid safetensors file (truncated or corrupt): "
+                               f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                               hint=f"re-create {path.name} (re-run the command that wrote it)") from exc
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
@@ -84,14 +98,19 @@ def atomic_torch_save(path: str | Path, obj: Any) -> None:
 
 def safe_torch_load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
     """``torch.load`` that refuses to unpickle arbitrary objects (``weights_only=True``)."""
+    from shieldkit.errors import CorruptFileError, MissingInputError
+
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
+        raise MissingInputError(f"{path}: no such file", hint="check the path")
+    if path.is_dir():
+        raise MissingInputError(f"{path}: is a folder, a .pt file is expected")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # pickle.UnpicklingError and friends
-        raise ValueError(
-            f"{path}: refused to load — it is not a plain tensor/state_dict file that can be read with "
-            f"weights_only=True (it may contain arbitrary pickled code). Re-save it as a state_dict or "
-            f"safetensors file. Underlying error: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        ) from exc
+    except Exception as exc:  # pickle.UnpicklingError, truncated zip archives and friends
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise CorruptFileError(
+            f"{path}: refused to load — not a plain tensor/state_dict file readable with weights_only=True "
+            f"(corrupt, truncated, or containing arbitrary pickled code). Underlying error: "
+            f"{type(exc).__name__}: {first}"[:400],
+            hint=f"re-save {path.name} as a state_dict or safetensors file") from exc
