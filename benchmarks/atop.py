@@ -40,7 +40,7 @@ from shieldkit.defenses.atop import (
     load_purifier,
     pretrain_purifier,
 )
-from shieldkit.defenses.atop.evaluate import AToPEvalConfig, evaluate_pipeline
+from shieldkit.evaluation.atop import AToPEvalConfig, evaluate_pipeline
 from shieldkit.models import create_model, load_model, save_model
 from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier
 from shieldkit.utils.io import atomic_write_json, atomic_write_text

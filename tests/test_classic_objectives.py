@@ -51,10 +51,17 @@ class Linear(nn.Module):
         return x.flatten(1) @ self.w.t()
 
 
+CLASSIC_NAMES = {"pgd_at", "std", "trades", "mart", "fgsm_at", "alp", "clp", "vat", "dynamic_at", "igr",
+                 "distillation", "mmc", "gaussian_aug"}
+
+
 def test_registered_names_and_kwargs() -> None:
-    for name in ("pgd_at", "std", "trades", "mart", "fgsm_at", "alp", "clp", "vat", "dynamic_at", "igr",
-                 "distillation", "mmc", "gaussian_aug"):
-        assert name in OBJECTIVES or create_objective(name, ATTACK)
+    # exactly these names come from objectives_classic (none missing, none extra, none shadowed elsewhere)
+    classic = {n for n, cls in OBJECTIVES.items() if cls.__module__ == "shieldkit.training.objectives_classic"}
+    assert classic == CLASSIC_NAMES
+    for name in sorted(CLASSIC_NAMES):
+        obj = create_objective(name, ATTACK)
+        assert type(obj) is OBJECTIVES[name] and obj.name == name
     assert create_objective("std", ATTACK).name == "std"
     assert create_objective("trades", ATTACK, beta=3.0).beta == 3.0
     assert create_objective("mart", ATTACK, beta=5.0).beta == 5.0
@@ -209,3 +216,52 @@ def test_each_objective_trains_one_update(name: str) -> None:
     _, hist = train_robust(model, ds.x, cfg, y=ds.y, progress=False)
     assert len(hist["loss"]) == 2 and all(math.isfinite(v) for v in hist["loss"])
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+class _TinyNet(nn.Module):
+    """features = flatten(x), logits = head(features): the layout attach_mmc_head expects."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIC_NAMES))
+def test_each_objective_at_zero_weights_is_log_k_and_trains_the_weights(name: str) -> None:
+    """With all-zero weights every logit is 0 and every input gradient vanishes, so PGD/FGSM/VAT/noise
+    cannot move the prediction: each objective's value is known in closed form — CE = log K and every
+    KL / pairing / gradient penalty 0 (MART: its BCE; MMC: ½‖μ_y‖² = ½c_mm²) — whatever the perturbation.
+    The loss must also be a scalar that back-propagates a finite, non-zero gradient into the weights."""
+    k = 3
+    x = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    y = torch.tensor([0, 1, 2, 0])
+    if name == "mmc":
+        model = attach_mmc_head(_TinyNet())
+        head = find_mmc_head(model)
+        with torch.no_grad():
+            head.proj.weight.zero_()
+            head.proj.bias.zero_()  # z = 0: ½‖0 − μ_y‖² = ½·c_mm² = 50 for every sample
+        params = [head.proj.weight]
+        expected = 0.5 * 10.0**2
+    else:
+        model = Linear(torch.zeros(k, 4))
+        params = [model.w]
+        expected = math.log(k)
+        if name == "mart":  # BCE(uniform, y) = log K − log(1.0001 − 1/K + 1e-12); its KL term is 0
+            expected = math.log(k) - math.log(1.0001 - 1.0 / k + 1e-12)
+    t_logits = torch.randn(4, k, generator=torch.Generator().manual_seed(1)) * 5
+    model.train()
+    loss, stats = create_objective(name, ATTACK)(model, Batch(x, y, t_logits=t_logits),
+                                                 torch.Generator().manual_seed(2))
+    assert loss.dim() == 0 and loss.requires_grad
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert all(math.isfinite(v) for v in stats.values())
+    loss.backward()
+    for p in params:
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0

@@ -1,4 +1,4 @@
-"""YAML configs, paper presets, run metadata and optional TensorBoard logging.
+"""YAML configs, paper presets, run metadata (and, re-exported, the optional TensorBoard logger).
 
 Config files
 ------------
@@ -25,6 +25,9 @@ overrides the command's defaults. Two mechanisms, both here:
 
 Run metadata: :func:`save_run_metadata` writes ``run.json`` (resolved config, seed, package versions,
 git revision, host, time) and ``config.yaml`` (the resolved config, re-runnable with ``--config``).
+
+:class:`TensorBoardLogger` lives in :mod:`shieldkit.utils.tensorboard` (issue 14: the distributed trainer,
+a lower layer, uses it) and is re-exported here.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from shieldkit.errors import CorruptFileError, InputError, MissingInputError
 from shieldkit.utils.fingerprint import to_plain as _plain
 from shieldkit.utils.io import atomic_write_json, atomic_write_text
 from shieldkit.utils.provenance import provenance
+from shieldkit.utils.tensorboard import TensorBoardLogger  # noqa: F401  re-export (API, tests/test_config.py)
 
 PRESET_DIR = Path(__file__).resolve().parents[2] / "configs"
 META_SECTIONS = ("teacher", "data", "run")
@@ -296,33 +300,3 @@ def save_run_metadata(run_dir: str | Path, resolved_config: Any, seed: int | Non
                                          "timestamp_utc": prov["timestamp_utc"], "argv": list(sys.argv)})
     atomic_write_text(run / "config.yaml", yaml.safe_dump(plain, sort_keys=False, allow_unicode=True))
     return run / "run.json"
-
-
-# ----------------------------------------------------------------------------- TensorBoard (opt-in)
-class TensorBoardLogger:
-    """Scalars to TensorBoard (``torch.utils.tensorboard``), only when the user asks for it.
-
-    ``TensorBoardLogger(run_dir / "tensorboard")``; ``log.scalars(step, loss=…, acc=…)``; ``log.close()``.
-    ``log_history`` replays a finished history dict (e.g. ``train_robust``'s) after the fact.
-    """
-
-    def __init__(self, log_dir: str | Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:  # pragma: no cover - tensorboard is installed in the dev env
-            raise RuntimeError("TensorBoard logging needs the `tensorboard` package: pip install tensorboard") from exc
-        self.writer = SummaryWriter(log_dir=str(log_dir))
-
-    def scalars(self, step: int, prefix: str = "", **values: float) -> None:
-        for k, v in values.items():
-            self.writer.add_scalar(f"{prefix}{k}", float(v), step)
-
-    def log_history(self, history: Mapping[str, Any], prefix: str = "train/") -> None:
-        for k, seq in history.items():
-            if isinstance(seq, list) and seq and all(isinstance(v, int | float) for v in seq):
-                for i, v in enumerate(seq, start=1):
-                    self.writer.add_scalar(f"{prefix}{k}", float(v), i)
-
-    def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 
 from shieldkit.data import load_dataset
-from shieldkit.evaluation.basic import evaluate_basic
+from shieldkit.evaluation import audit as A
+from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
 from shieldkit.models import NormalizedClassifier, create_model, load_model, save_model
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
 from shieldkit.synthesis.losses import BNStatistics
@@ -70,7 +71,8 @@ def ensure_teacher(path: str | Path, data: str = "mnist5k", arch: str = "mnist_c
                    overwrite: bool = False) -> NormalizedClassifier:
     """Load the cached teacher at ``path`` if it was made from the same inputs, or train a standard
     (non-robust) one and cache it. A cache made from other inputs is refused unless ``overwrite``."""
-    from shieldkit.utils.validate import check_dataset, check_nonnegative_int
+    from shieldkit.data.validate import check_dataset
+    from shieldkit.utils.validate import check_nonnegative_int
 
     path = Path(path)
     check_dataset(data, data_root, flag="data")
@@ -109,10 +111,15 @@ def ensure_teacher(path: str | Path, data: str = "mnist5k", arch: str = "mnist_c
 
 def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig, *, test_data=None,
            device: str | torch.device = "cpu", progress: bool = True, evaluate_teacher: bool = True,
-           overwrite: bool = False) -> dict:
+           overwrite: bool = False, report: bool = False, teacher_file: str | Path | None = None,
+           title: str | None = None) -> dict:
     """DataFreeShield on ``teacher``: synthesize (DSS) → robust training (L_DFShield, GradRefine) →
     evaluate teacher and shielded model on real ``test_data`` (evaluation only — never training or
-    checkpoint selection). Returns the results dict (also written to ``run_dir/results.json``)."""
+    checkpoint selection) and audit each evaluation (:func:`audit_basic`). Returns the results dict
+    (also written to ``run_dir/results.json``).
+
+    ``report=True`` (what ``shieldkit shield`` does) then writes ``model_card.json`` and ``report.html``
+    (:func:`write_shield_outputs`; ``teacher_file`` is the teacher's weights path, for its sha256)."""
     run = Path(run_dir)
     BNStatistics(teacher)  # refuse a BN-less or non-finite teacher before anything is written
     check_finite_teacher(teacher)
@@ -121,11 +128,65 @@ def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig
            "evaluation": cfg.evaluation, "eval_data": None if test_data is None else fingerprint_dataset(test_data)}
     status = RunManifest.check_or_init(run, fps, overwrite)
     try:
-        return _shield(teacher, run, cfg, t_fp, test_data, device, progress, evaluate_teacher)
+        results = _shield(teacher, run, cfg, t_fp, test_data, device, progress, evaluate_teacher)
     except BaseException:
         if status == "fresh":
             RunManifest.discard_if_unused(run)
         raise
+    if report:
+        write_shield_outputs(run, results, teacher, test_data=test_data, teacher_file=teacher_file, title=title)
+    return results
+
+
+OUTPUT_NAMES = {"model": "shielded.safetensors", "results": "results.json", "model_card": "model_card.json",
+                "report": "report.html"}
+
+
+def shield_outputs(run_dir: str | Path) -> dict[str, Path]:
+    """Paths of what a shield run leaves for its user: model weights, results.json, model_card.json, report.html."""
+    return {k: Path(run_dir) / name for k, name in OUTPUT_NAMES.items()}
+
+
+def write_shield_outputs(run_dir: str | Path, results: dict, teacher: NormalizedClassifier, *, test_data=None,  # noqa: ANN001
+                         teacher_file: str | Path | None = None, grid_png: str | Path | None = None,
+                         title: str | None = None) -> dict[str, Path]:
+    """Write ``model_card.json`` then ``report.html`` (both atomically) for a *finished* shield run: the
+    shielded model and ``results.json`` must already exist (nothing is described that was not done).
+    The card records the sha256 of the shielded ``.safetensors`` file as written. A sample grid of the
+    run's synthetic set is made when ``grid_png`` is not given. Returns :func:`shield_outputs`."""
+    from shieldkit.reporting.demo_report import write_report
+    from shieldkit.reporting.figures import sample_grid
+    from shieldkit.reporting.shield_report import build_model_card
+    from shieldkit.utils.fingerprint import sha256_file
+
+    run = Path(run_dir)
+    out = shield_outputs(run)
+    for need in ("model", "results"):
+        if not out[need].exists():
+            raise FileNotFoundError(f"{out[need]}: missing — the report and model card describe a finished run")
+    model_card = read_json(run / "shielded.json")
+    if teacher_file is not None:
+        tf = Path(teacher_file)
+        teacher_file = tf if tf.suffix == ".safetensors" else tf.with_name(tf.name + ".safetensors")
+    files = {"model": str(out["model"]), "model_sidecar": str(run / "shielded.json"), "results": str(out["results"]),
+             "teacher": None if teacher_file is None else str(teacher_file)}
+    hashes = {"weights_sha256": sha256_file(out["model"]), "fingerprint": fingerprint_model(run / "shielded"),
+              "teacher_fingerprint": fingerprint_model(teacher),
+              "teacher_weights_sha256": None if teacher_file is None or not teacher_file.exists()
+              else sha256_file(teacher_file)}
+    card = build_model_card(results, model_card=model_card, teacher_card=teacher.card.to_dict(), hashes=hashes,
+                            files=files, eval_data=None if test_data is None else fingerprint_dataset(test_data),
+                            created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            version=shieldkit_version(), name=f"{model_card.get('arch')}-dfshield ({run.name})")
+    atomic_write_json(out["model_card"], card)
+    if grid_png is None and (run / "synthetic").is_dir():
+        syn = load_synthetic(run / "synthetic")
+        grid_png = sample_grid(syn.x, syn.y, teacher.card.classes or [str(i) for i in range(teacher.card.num_classes)],
+                               run / "synthetic_grid.png")
+    write_report(results, out["report"], grid_png=grid_png,
+                 title=title or f"shieldkit shield — DataFreeShield on {teacher.card.arch} ({teacher.card.dataset})",
+                 card=card, outputs={k: str(v) for k, v in out.items()})
+    return out
 
 
 def _shield(teacher: NormalizedClassifier, run: Path, cfg: ShieldConfig, t_fp: str, test_data, device,
@@ -155,15 +216,89 @@ def _shield(teacher: NormalizedClassifier, run: Path, cfg: ShieldConfig, t_fp: s
         e = cfg.evaluation
         kw = dict(norm=cfg.training.norm, eps=cfg.training.eps, n=e.n, seed=e.seed, pgd_steps=e.pgd_steps,
                   aa_version=e.aa_version, aa_n=e.aa_n, device=device)
-        t0 = time.perf_counter()
-        if evaluate_teacher:
-            results["teacher"] = evaluate_basic(teacher, test_data, **kw)
-        results["shielded"] = evaluate_basic(student, test_data, **kw)
-        timings["evaluation"] = time.perf_counter() - t0
+        rows = {"teacher": teacher} if evaluate_teacher else {}
+        rows["shielded"] = student
+        t_eval = t_audit = 0.0
+        for key, model in rows.items():
+            eval_mode = A.check_eval_mode(model)  # as handed over: evaluate_basic switches to eval mode
+            t0 = time.perf_counter()
+            results[key] = evaluate_basic(model, test_data, **kw)
+            t_eval += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            results[key].update(audit_basic(model, test_data, results[key], eval_mode=eval_mode, device=device))
+            t_audit += time.perf_counter() - t0
+        timings["evaluation"] = t_eval
+        timings["audit"] = t_audit
+        results["headline"] = results["shielded"]["headline"]
+        results["valid"] = results["shielded"]["valid"]
+        results["trustworthy"] = results["shielded"]["trustworthy"]
     results["seconds"] = timings
     results["provenance"] = provenance()
     atomic_write_json(run / "results.json", results)
     return results
+
+
+AUDIT_PROBE = 64  # points of the evaluated subset used by the per-model probes (softmax, randomness, gradients)
+
+
+def robust_summary(row: dict) -> dict:
+    """The number a row's headline states: per point, correct clean *and* under every attack run — on the
+    AutoAttack subset when AutoAttack ran (``aa_n`` points), otherwise PGD on all ``n`` points."""
+    from shieldkit.evaluation.stats import accuracy_summary
+
+    pp = row.get("per_point", {})
+    if "autoattack_robust" in pp:
+        pgd_ok = pp["pgd_robust"]
+        ok = [int(a and pgd_ok[i]) for a, i in zip(pp["autoattack_robust"], pp["autoattack_index"], strict=True)]
+        name = f"worst case of {row['pgd']['attack']} and {row['autoattack']['attack']} per point"
+    else:
+        ok, name = pp.get("pgd_robust", []), row["pgd"]["attack"]
+    if not ok:
+        return {"acc": 0.0, "k": 0, "n": 0, "ci": [0.0, 1.0], "attack": name}
+    return {**accuracy_summary(sum(ok), len(ok)), "attack": name}
+
+
+def audit_basic(model: NormalizedClassifier, data, row: dict, *, eval_mode: dict | None = None,  # noqa: ANN001
+                device: str | torch.device = "cpu") -> dict:
+    """The cheap audit of one :func:`evaluate_basic` row, on the very points it scored: the validity checks
+    (finite logits, class count, ε range, sample size of n and of the AutoAttack subset, clean accuracy
+    above chance), logits-not-softmax, randomness, input gradients and FGSM vs the iterative PGD.
+    Returns ``{"audit", "valid", "trustworthy", "headline", "robust"}`` to merge into the row. The
+    attack-curve checks of ``shieldkit evaluate`` (iterations, restarts, unbounded ε, black-box, adaptive)
+    are not run here — the report says so."""
+    from shieldkit.attacks.pgd import PGDConfig, pgd
+    from shieldkit.evaluation.suite import validity_probe
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    norm, eps, n, seed = row["norm"], float(row["eps"]), int(row["n"]), int(row["seed"])
+    sub = data.subset(n, seed=seed)  # the points evaluate_basic scored
+    checks = validity_probe(model, sub, eps=eps, norm=norm, batch=AUDIT_PROBE, device=device)
+    if row.get("aa_n"):
+        aa = A.check_sample_size(int(row["aa_n"]))
+        checks.append({**aa, "name": "sample_size_autoattack", "evidence": "AutoAttack subset: " + aa["evidence"]})
+    checks.append(A.check_clean_accuracy(float(row["clean_acc"]), sub.num_classes, n))
+    probe = stratified_positions(sub.y, AUDIT_PROBE, seed)  # all classes (mnist5k is stored sorted by class)
+    probe_x, probe_y = sub.x[probe].to(device), sub.y[probe].to(device)
+    if checks[0]["verdict"] == A.PASS:  # finite_outputs: the probes below need finite logits
+        checks.append(eval_mode or A.check_eval_mode(model))
+        checks.append(A.check_softmax(model, probe_x))
+        checks.append(A.check_randomness(A.probe_randomness(model, probe_x), eot_samples=1))
+        checks.append(A.check_gradients(A.input_gradient_stats(model, probe_x, probe_y)))
+        fgsm = PGDConfig(eps=eps, norm=norm, steps=1, alpha=eps, random_start=False)
+        ok = 0
+        for i in range(0, n, 250):
+            xb, yb = sub.x[i:i + 250].to(device), sub.y[i:i + 250].to(device)
+            with torch.no_grad():
+                clean = model(xb).argmax(1) == yb
+            adv = pgd(model, xb, yb, fgsm, loss_fn="ce")
+            with torch.no_grad():
+                ok += int((clean & (model(adv).argmax(1) == yb)).sum())
+        checks.append(A.check_single_vs_iterative(ok / n, float(row["pgd_acc"]), row["pgd"]["attack"], n))
+    robust = robust_summary(row)
+    trusted, head = A.headline(checks, robust["acc"], robust["ci"])
+    return {"audit": checks, "valid": not A.invalid_reasons(checks), "trustworthy": trusted, "headline": head,
+            "robust": robust}
 
 
 def demo_config(quick: bool = False) -> ShieldConfig:
@@ -196,14 +331,16 @@ def demo_config(quick: bool = False) -> ShieldConfig:
 def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str | torch.device = "cpu",
              progress: bool = True, overwrite: bool = False) -> dict:
     """``make demo``: train/reuse the MNIST-5k teacher, run DataFreeShield, evaluate both on real test
-    images, print the before/after table, write ``results.json`` and ``report.html``."""
-    from shieldkit.reporting.demo_report import print_summary, write_report
+    images, print the before/after table, write ``results.json``, ``model_card.json`` and ``report.html``
+    and print their paths."""
+    from shieldkit.reporting.demo_report import print_summary
     from shieldkit.reporting.figures import sample_grid
 
     out = Path(out)
     t0 = time.perf_counter()
-    teacher = ensure_teacher(Path("runs/teachers/mnist5k-mnist_cnn"), data="mnist5k", arch="mnist_cnn",
-                             epochs=15, device=device, progress=progress)
+    teacher_path = Path("runs/teachers/mnist5k-mnist_cnn")
+    teacher = ensure_teacher(teacher_path, data="mnist5k", arch="mnist_cnn", epochs=15, device=device,
+                             progress=progress)
     t_teacher = time.perf_counter() - t0
     test = load_dataset("mnist5k", "test")
     cfg = demo_config(quick)
@@ -212,7 +349,19 @@ def run_demo(out: str | Path = "runs/demo", *, quick: bool = False, device: str 
     syn = load_synthetic(out / "synthetic")
     grid = sample_grid(syn.x, syn.y, teacher.card.classes, out / "synthetic_grid.png")
     atomic_write_json(out / "results.json", results)
-    write_report(results, out / "report.html", grid_png=grid,
-                 title="shieldkit demo — DataFreeShield on the MNIST-5k teacher" + (" (quick)" if quick else ""))
+    paths = write_shield_outputs(out, results, teacher, test_data=test, teacher_file=teacher_path, grid_png=grid,
+                                 title="shieldkit demo — DataFreeShield on the MNIST-5k teacher"
+                                 + (" (quick)" if quick else ""))
     print_summary(results)
+    print_outputs(paths)
     return results
+
+
+def print_outputs(paths: dict[str, Path], console=None) -> None:  # noqa: ANN001
+    """Print where a shield run's model, results.json, model_card.json and report.html are."""
+    from rich.console import Console
+
+    console = console or Console()
+    for key, label in (("model", "shielded model"), ("results", "results"), ("model_card", "model card"),
+                       ("report", "report")):
+        console.print(f"{label + ':':16}{paths[key]}", highlight=False, soft_wrap=True)

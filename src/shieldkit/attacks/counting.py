@@ -47,5 +47,12 @@ class CountingModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # latent attacks need the feature map
         out = self.model.features(x)
-        self.forwards += int(x.shape[0])
+        n = int(x.shape[0])
+        self.forwards += n
+        if out.requires_grad:
+
+            def _hook(grad: torch.Tensor) -> None:
+                self.backwards += n
+
+            out.register_hook(_hook)
         return out

@@ -149,7 +149,7 @@ def register(app: typer.Typer) -> None:
         from shieldkit.cli.common import console, parse_eps
         from shieldkit.data import load_dataset
         from shieldkit.defenses.atop import load_pipeline
-        from shieldkit.defenses.atop.evaluate import AToPEvalConfig, evaluate_pipeline
+        from shieldkit.evaluation.atop import AToPEvalConfig, evaluate_pipeline
         from shieldkit.models import load_model
         from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device

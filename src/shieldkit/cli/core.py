@@ -165,10 +165,11 @@ def shield_cmd(
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """DataFreeShield end to end: synthesize → train → evaluate, on a given teacher."""
+    """DataFreeShield end to end: synthesize → train → evaluate + audit, on a given teacher. Writes the
+    shielded model, results.json, model_card.json and report.html into --out and prints their paths."""
     from shieldkit.data import load_dataset
     from shieldkit.models import load_model
-    from shieldkit.pipeline import demo_config, shield
+    from shieldkit.pipeline import demo_config, print_outputs, shield, shield_outputs
     from shieldkit.reporting.demo_report import print_summary
     from shieldkit.utils import validate as v
 
@@ -188,9 +189,10 @@ def shield_cmd(
     if not (data or t.card.dataset):
         raise typer.BadParameter("the teacher's card names no dataset: pass --data for the real test set")
     test = load_dataset(data or t.card.dataset, "test", root=data_root)
-    res = shield(t, out, cfg, test_data=test, device=dev, overwrite=overwrite)
+    res = shield(t, out, cfg, test_data=test, device=dev, overwrite=overwrite, report=True, teacher_file=teacher_path)
     save_run_metadata(out, {"shield": cfg, "cli": resolved_config(ctx)}, cfg.synthesis.seed)  # after the work
     print_summary(res, console)
+    print_outputs(shield_outputs(out), console)
 
 
 def demo(
@@ -199,7 +201,7 @@ def demo(
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """The main job: MNIST-5k teacher → DataFreeShield → before/after table and HTML report."""
+    """The main job: MNIST-5k teacher → DataFreeShield → before/after table, model_card.json and report.html."""
     from shieldkit.pipeline import run_demo
     from shieldkit.utils.device import resolve_device
     from shieldkit.utils.validate import check_out_dir

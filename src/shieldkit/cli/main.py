@@ -119,7 +119,7 @@ def _root(
 
 
 # Modules contributing commands (each defines register(app)). Order = order in --help.
-_COMMAND_MODULES = ("core", "evaluate", "unig", "atop", "classic", "bench", "scale")
+_COMMAND_MODULES = ("core", "evaluate", "unig", "atop", "classic", "bench", "scale", "export")
 
 for _name in _COMMAND_MODULES:
     try:

@@ -42,12 +42,15 @@ def register(app: typer.Typer) -> None:
 def import_model_cmd(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="timm:NAME | torchvision:NAME | pytorchcv:NAME | registry name | "
-                                          "TorchScript file")],
+                                          "TorchScript file | path/to/file.py:ClassName")],
     out: Annotated[Path, typer.Option(help="where to save (safetensors + JSON sidecar), without extension")],
     config: Annotated[Path | None, config_option()] = None,
     arch: Annotated[str | None, typer.Option(help="with a TorchScript file: load its weights into this eager "
                                              "architecture")] = None,
     weights: Annotated[Path | None, typer.Option(help="state_dict file (.safetensors / .pt, weights_only)")] = None,
+    init_args: Annotated[str | None, typer.Option("--init-args", help="with FILE.py:ClassName: the constructor's "
+                                                  "keyword arguments as a JSON object, e.g. '{\"width\": 8}'")
+                         ] = None,
     data: Annotated[str | None, typer.Option(help="dataset: image shape, classes, and the normalisation check "
                                              "on its test split")] = None,
     data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
@@ -62,20 +65,21 @@ def import_model_cmd(
                                                        help="layer whose flattened output is the features")] = None,
     check_n: Annotated[int, typer.Option(help="test points for the normalisation check (0: skip)")] = 500,
 ) -> None:
-    """Import a user's classifier (torchvision / timm / pytorchcv / TorchScript / state_dict) as a shieldkit
-    model: [0,1] inputs with declared normalisation, head/features/BatchNorm discovery, sanity check."""
+    """Import a user's classifier (torchvision / timm / pytorchcv / TorchScript / a Python class + state_dict)
+    as a shieldkit model: [0,1] inputs with declared normalisation, head/features/BatchNorm discovery, sanity
+    check. A TorchScript file or a Python class file is copied next to the saved weights (OUT.arch.ts /
+    OUT.arch.py, sha256 in OUT.json): the saved model is self-contained and its folder can be moved."""
+    import warnings
+
     import torch
 
     from shieldkit.cli.common import console
     from shieldkit.config import resolved_config, save_run_metadata
     from shieldkit.data import load_dataset
+    from shieldkit.errors import InputError
     from shieldkit.models import bn_layers, save_model
-    from shieldkit.models.importers import (
-        ModelImportError,
-        NormalisationMismatch,
-        check_input_normalisation,
-        import_model,
-    )
+    from shieldkit.models.importers import check_input_normalisation, import_model
+    from shieldkit.models.pysource import parse_init_args, split_class_spec
     from shieldkit.utils import validate as v
 
     v.check_out_file(out)
@@ -87,27 +91,33 @@ def import_model_cmd(
         if value is not None:
             v.check_positive_int(value, flag)
     v.check_nonnegative_int(check_n, "--check-n")
+    kwargs = parse_init_args(init_args)
     test = load_dataset(data, "test", root=data_root) if data else None
     c, h = (test.image_shape[0], test.image_shape[1]) if test is not None else (None, None)
-    try:
+    if init_args is not None and split_class_spec(source) is None:
+        raise InputError(f"--init-args is for a Python class source (FILE.py:ClassName), not {source!r}")
+    with warnings.catch_warnings(record=True) as caught:  # shieldkit errors propagate: ≤ 3 lines, exit 2
+        warnings.simplefilter("always")
         model = import_model(source, arch=arch, weights=weights,
                              num_classes=num_classes or (test.num_classes if test is not None else None),
                              in_channels=in_channels or c, image_size=image_size or h or 32, mean=_floats(mean),
                              std=_floats(std), head_layer=head_layer, features_layer=features_layer,
-                             dataset=data or "", classes=test.classes if test is not None else None)
-    except (ModelImportError, FileNotFoundError) as exc:
-        raise typer.BadParameter(str(exc)) from exc
+                             dataset=data or "", classes=test.classes if test is not None else None,
+                             init_args=kwargs)
+    for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
+        typer.echo(f"warning: {msg}", err=True)
     info = model.card.extra["import"]
-    with torch.no_grad():
-        d = model.features(torch.rand(1, model.card.in_channels, model.card.image_size, model.card.image_size)).shape[1]
-    console.print(f"head: {info['head_layer']}  features: {d}-d  BatchNorm layers: {len(bn_layers(model))}  "
+    if model.card.extra.get("features", True):
+        with torch.no_grad():
+            x = torch.rand(1, model.card.in_channels, model.card.image_size, model.card.image_size)
+            features = f"{model.features(x).shape[1]}-d"
+    else:
+        features = "none (evaluation only)"
+    console.print(f"head: {info['head_layer']}  features: {features}  BatchNorm layers: {len(bn_layers(model))}  "
                   f"channel repeat: {info['channel_repeat']}  ({info.get('how', info['source'])})")
     if test is not None and check_n > 0:
         sub = test.subset(check_n, seed=0)
-        try:
-            rep = check_input_normalisation(model, sub.x, sub.y)
-        except NormalisationMismatch as exc:
-            raise typer.BadParameter(str(exc)) from exc
+        rep = check_input_normalisation(model, sub.x, sub.y)  # NormalisationMismatch: ≤ 3 lines, exit 2
         model.card.extra["normalisation_check"] = {k: v for k, v in rep.items() if k != "candidates"}
         console.print(f"clean accuracy on {len(sub)} {data} test points: "
                       f"{rep['candidates']['declared']['accuracy']:.2%} (normalisation check passed)")

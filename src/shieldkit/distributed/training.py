@@ -239,6 +239,6 @@ def _restore(bufs: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
 def _tensorboard(out_dir: str | Path | None, enabled: bool):  # noqa: ANN202 - optional helper
     if not enabled or out_dir is None:
         return None
-    from shieldkit.config import TensorBoardLogger
+    from shieldkit.utils.tensorboard import TensorBoardLogger
 
     return TensorBoardLogger(Path(out_dir) / "tensorboard")

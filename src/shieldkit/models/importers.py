@@ -18,12 +18,30 @@ logits out, normalisation inside, ``.features(x)`` (penultimate features) and ``
   module's outputs; if anything fails it says so and, if an architecture name is also given, the
   file's state_dict is loaded into that eager architecture instead (the most robust route).
 
+* **torch.export archive** (``.pt2``, :mod:`shieldkit.models.exported_program`): rebuilt as an eager
+  module — its ``aten.batch_norm`` / ``aten.linear`` nodes become real ``nn.BatchNorm*d`` / ``nn.Linear``
+  modules (BN statistics copied from the graph's buffers), so hooks, head discovery and train-mode BN work.
+* **Python class** — ``"path/to/file.py:ClassName"`` (:mod:`shieldkit.models.pysource`): the file is
+  imported by path under a module name derived from its sha256, ``ClassName(**init_args)`` is built
+  (``init_args``: a JSON object on the command line) and ``weights`` (state_dict, as above) loaded strictly;
+  a key mismatch names the missing / unexpected keys.
+
+Self-contained saving: for the file routes (TorchScript, torch.export, Python class) the card records the
+file's sha256 and :func:`shieldkit.models.save_model` copies the file next to the weights (``OUT.arch.ts`` /
+``OUT.arch.pt2`` / ``OUT.arch.py``, ``extra["import"]["arch_file"]`` relative to the sidecar); loading uses
+that copy and refuses it (``IntegrityError``) if its sha256 changed. The folder can be moved or shipped whole.
+Sidecars written before this (an absolute ``path``, no hash) load as they did.
+
 Discovery (with a clear error naming what is missing and how to point at it):
 * the **head** = the last ``nn.Linear`` whose ``out_features`` equals the number of classes
   (``head_layer=`` / ``--head-layer NAME`` overrides); the **features** = the head's input, read by a
   forward pre-hook (``features_layer=`` / ``--features-layer NAME`` takes a layer's flattened output
   instead). The contract ``model(x) == head(features(x))`` is verified on a probe batch.
-* **BatchNorm** layers via :func:`shieldkit.models.introspect.bn_layers` (reported, needed by DSS).
+* if no head is discoverable (and neither ``--head-layer`` nor ``--features-layer`` was given), the
+  model is imported **for evaluation only** with a warning: ``card.extra["features"] = False``, and
+  ``.features`` / ``.head`` raise :class:`NoFeaturesError` naming the fix.
+* **BatchNorm** layers via :func:`shieldkit.models.introspect.bn_layers` (reported, needed by DSS; a model
+  without BN imports with a warning that DataFreeShield synthesis will refuse it).
 * Input channels: a 3-channel model fed 1-channel data repeats the grey channel (``gray_to_rgb``).
 
 Normalisation is declared once (``mean``/``std`` of the model's expected input, in [0, 1] pixel
@@ -46,12 +64,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from shieldkit.errors import CorruptFileError, IncompatibleError, InputError, IntegrityError, MissingInputError
+from shieldkit.models.exported_program import is_exported_program_file, load_exported
 from shieldkit.models.introspect import bn_layers
+from shieldkit.models.pysource import build_from_file, parse_init_args, sha256_file, split_class_spec, verify_sha256
 from shieldkit.models.registry import MODELS
 from shieldkit.models.wrapper import ModelCard, NormalizedClassifier
 from shieldkit.utils.io import load_tensors, safe_torch_load
 
-SOURCES = ("torchvision", "timm", "pytorchcv", "torchscript", "shieldkit")
+SOURCES = ("torchvision", "timm", "pytorchcv", "torchscript", "python", "export", "shieldkit")
 PYTORCHCV_CACHE = Path("~/.torch/models")
 COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "none (mean 0, std 1)": ((0.0,), (1.0,)),
@@ -61,8 +82,27 @@ COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = 
 }
 
 
-class ModelImportError(ValueError):
-    """A model could not be imported as asked; the message says what is missing and which option fixes it."""
+class ModelImportError(InputError):
+    """A model could not be imported as asked; the message says what is missing and which option fixes it.
+
+    A :class:`~shieldkit.errors.InputError` (hence a ``ValueError``): the CLI prints it in ≤ 3 lines, exit 2."""
+
+
+class WeightsMismatchError(ModelImportError, IncompatibleError):
+    """A state_dict that does not fit the architecture (missing / unexpected keys, wrong shapes)."""
+
+
+class NoFeaturesError(ModelImportError, IncompatibleError):
+    """A features/head-based method was asked of a model imported for evaluation only."""
+
+
+def _mismatch(what: str, missing: list[str], unexpected: list[str], shapes: list[str]) -> WeightsMismatchError:
+    parts = [f"{len(missing)} missing key(s) {missing[:4]}" if missing else "",
+             f"{len(unexpected)} unexpected key(s) {unexpected[:4]}" if unexpected else "",
+             f"wrong shapes {shapes[:3]}" if shapes else ""]
+    return WeightsMismatchError(f"{what}: " + ", ".join(p for p in parts if p),
+                                hint="is it the state_dict of this architecture (same class, --init-args and "
+                                     "num_classes)?")
 
 
 # ----------------------------------------------------------------------------- building architectures
@@ -114,13 +154,14 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     usual ``{"state_dict": …}`` / ``{"model": …}`` nesting and DataParallel's ``module.`` prefix."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"weights file {path} does not exist")
+        raise MissingInputError(f"{path}: weights file does not exist", hint="check --weights")
     sd = load_tensors(path) if path.suffix == ".safetensors" else safe_torch_load(path)
     for key in ("state_dict", "model_state_dict", "model", "net"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ModelImportError(f"{path}: not a state_dict (a mapping of parameter names to tensors)")
+        raise CorruptFileError(f"{path}: not a state_dict (a mapping of parameter names to tensors)",
+                               hint="save the weights with torch.save(model.state_dict(), FILE) or safetensors")
     if all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
@@ -281,15 +322,15 @@ def load_torchscript(path: str | Path, arch: str | None = None, num_classes: int
     ``"arch"`` (state_dict into ``arch``), ``"unscripted"`` or ``"scripted"`` (no BN hooks possible)."""
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"TorchScript file {path} does not exist")
+        raise MissingInputError(f"{path}: TorchScript file does not exist", hint="check the path")
     ts = torch.jit.load(str(path), map_location="cpu")
     if arch is not None:
         net = build_architecture(arch, num_classes, in_channels)
         missing, unexpected, shapes = _load_lenient(net, ts.state_dict())
         if missing or unexpected or shapes:
-            raise ModelImportError(f"{path}: its state_dict does not fit {arch!r} (missing {missing[:4]}, unexpected "
-                                   f"{unexpected[:4]}, wrong shapes {shapes[:3]}); drop --arch to import the "
-                                   f"TorchScript module itself")
+            err = _mismatch(f"{path}: its state_dict does not fit {arch!r}", missing, unexpected, shapes)
+            err.hint = "drop --arch to import the TorchScript module itself"
+            raise err
         return net, "arch"
     try:
         eager = unscript(ts)
@@ -341,7 +382,7 @@ class ImportedBackbone(nn.Module):
     alike and keeps the autograd graph (attacks and UniG differentiate through it).
     """
 
-    def __init__(self, model: nn.Module, head_name: str, features_layer: str | None = None,
+    def __init__(self, model: nn.Module, head_name: str | None, features_layer: str | None = None,
                  channel_repeat: int = 1) -> None:
         super().__init__()
         self.model = model
@@ -367,6 +408,10 @@ class ImportedBackbone(nn.Module):
 
     @property
     def head(self) -> nn.Module:
+        if self.head_name is None:
+            raise NoFeaturesError("this imported model has no known classifier head (none was discoverable at "
+                                  "import): it is for evaluation only; this method needs the head",
+                                  hint="re-import it with `shieldkit import-model ... --head-layer NAME`")
         return _submodule(self.model, self.head_name)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -378,6 +423,11 @@ class ImportedBackbone(nn.Module):
         return out
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.features_layer is None and self.head_name is None:
+            raise NoFeaturesError("this imported model has no known penultimate features (no classifier head was "
+                                  "discoverable at import): it is for evaluation only; this method needs features",
+                                  hint="re-import it with `shieldkit import-model ... --head-layer NAME` (or "
+                                       "--features-layer NAME)")
         layer = _submodule(self.model, self.features_layer or self.head_name)
         if isinstance(layer, torch.jit.ScriptModule):
             raise ModelImportError("features of a compiled TorchScript layer cannot be read (no hooks on "
@@ -411,26 +461,62 @@ def import_model(source: str | Path, *, arch: str | None = None, weights: str | 
                  num_classes: int | None = None, in_channels: int | None = None, image_size: int = 32,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                  head_layer: str | None = None, features_layer: str | None = None, dataset: str = "",
-                 classes: Sequence[str] | None = None, require_bn: bool = False) -> NormalizedClassifier:
+                 classes: Sequence[str] | None = None, require_bn: bool = False,
+                 init_args: dict | str | None = None, expected_sha256: str | None = None) -> NormalizedClassifier:
     """Import a user's model as a :class:`NormalizedClassifier` (see the module docstring).
 
-    ``source``: an architecture name (``"timm:resnet18"`` …) or a TorchScript file path. ``arch`` with a
-    TorchScript file loads the file's weights into that eager architecture. ``weights``: a state_dict
-    file for an architecture name. ``in_channels``/``image_size``: the *data's* image shape (a 3-channel
-    model given 1-channel data repeats the channel). ``mean``/``std``: the normalisation the model
-    expects, in [0, 1] units, one value or one per data channel (default 0 and 1: the model takes
-    [0, 1] images as they are). ``require_bn`` raises now (instead of at synthesis) without BatchNorm.
+    ``source``: an architecture name (``"timm:resnet18"`` …), a TorchScript file path, or
+    ``"path/to/file.py:ClassName"`` (a plain Python class, built as ``ClassName(**init_args)``; ``init_args``
+    a dict or a JSON object string). ``arch`` with a TorchScript file loads the file's weights into that
+    eager architecture. ``weights``: a state_dict file for an architecture name or a Python class.
+    ``in_channels``/``image_size``: the *data's* image shape (a 3-channel model given 1-channel data repeats
+    the channel). ``mean``/``std``: the normalisation the model expects, in [0, 1] units, one value or one
+    per data channel (default 0 and 1: the model takes [0, 1] images as they are). ``require_bn`` raises
+    now (instead of at synthesis) without BatchNorm. ``expected_sha256``: for a file source, refuse
+    (``IntegrityError``) a file whose content changed (used when re-loading a saved model).
+
+    For file sources (TorchScript, Python) the card records the file's sha256 and its current location
+    (``extra["import"]["path"]``); :func:`shieldkit.models.save_model` copies the file next to the weights
+    so that the saved model is self-contained.
     """
     spec: dict = {}
     src = str(source)
     path = Path(src).expanduser()
-    if path.exists() and is_torchscript_file(path):
+    class_spec = split_class_spec(src) if not path.exists() else None
+    if class_spec is not None:
+        if arch is not None:
+            raise ModelImportError(f"--arch is for TorchScript files only, not for a Python class ({src})")
+        file = Path(class_spec[0]).expanduser()
+        digest = verify_sha256(file, expected_sha256) if file.is_file() else None
+        kwargs = parse_init_args(init_args)
+        net = build_from_file(file, class_spec[1], kwargs)
+        if weights is None:
+            warnings.warn(f"{src}: no --weights given, the model has random (untrained) weights", stacklevel=2)
+        else:
+            _load_weights(net, weights, src)
+        spec = {"source": "python", "path": str(file.resolve()), "class": class_spec[1], "init_args": kwargs,
+                "arch_sha256": digest, "imported_from": str(file.resolve()),
+                "weights": str(weights) if weights else None}
+        label = f"{file.name}:{class_spec[1]}"
+    elif path.exists() and is_exported_program_file(path):
+        if arch is not None:
+            raise ModelImportError(f"--arch is for TorchScript files only, not for a torch.export archive ({src})")
+        digest = verify_sha256(path, expected_sha256)
+        net = load_exported(path)
+        spec = {"source": "export", "path": str(path.resolve()), "how": "export-eager", "arch_sha256": digest,
+                "imported_from": str(path.resolve())}
+        label = path.name
+    elif path.exists() and is_torchscript_file(path):
+        digest = verify_sha256(path, expected_sha256)
         net, how = load_torchscript(path, arch, num_classes, in_channels, image_size)
-        spec = {"source": "torchscript", "path": str(path.resolve()), "how": how, "arch": arch}
+        spec = {"source": "torchscript", "path": str(path.resolve()), "how": how, "arch": arch,
+                "arch_sha256": digest, "imported_from": str(path.resolve())}
+        label = arch or path.name
     elif path.exists():
         raise ModelImportError(f"{path} is a file but not a TorchScript archive; for a state_dict pass the "
                                f"architecture name as the source and the file as weights (e.g. "
-                               f"`shieldkit import-model timm:resnet18 --weights {path}`)")
+                               f"`shieldkit import-model timm:resnet18 --weights {path}`)",
+                               hint="for a Python class pass FILE.py:ClassName --weights W")
     else:
         if arch is not None:
             raise ModelImportError(f"arch= is for TorchScript files only, but {src!r} is not an existing file; for an "
@@ -445,17 +531,23 @@ def import_model(source: str | Path, *, arch: str | None = None, weights: str | 
         elif weights is None:
             warnings.warn(f"{src}: no --weights given, the model has random (untrained) weights", stacklevel=2)
         if weights is not None:
-            sd = load_state_dict_file(weights)
-            missing, unexpected, shapes = _load_lenient(net, sd)
-            if missing or unexpected or shapes:
-                raise ModelImportError(f"{weights} does not fit {src}: missing keys {missing[:5]}, unexpected "
-                                       f"keys {unexpected[:5]}, wrong shapes {shapes[:3]} — is it the state_dict of "
-                                       f"this architecture (and num_classes)?")
+            _load_weights(net, weights, src)
         spec = {"source": src_kind, "arch": src, "weights": str(weights) if weights else None}
+        label = src
 
-    head_name = find_head(net, num_classes, head_layer)
-    head = _submodule(net, head_name)
-    num_classes = num_classes or int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
+    explicit = head_layer is not None or features_layer is not None
+    try:
+        head_name: str | None = find_head(net, num_classes, head_layer)
+    except ModelImportError as exc:
+        if explicit:
+            raise
+        head_name = None
+        warnings.warn(f"{exc.message.split('. Point')[0]} — imported for evaluation only: methods that need the "
+                      f"penultimate features or the head (UniG, latent attack, diversity metrics, ...) will refuse "
+                      f"it; re-import with --head-layer NAME / --features-layer NAME to enable them", stacklevel=2)
+    if head_name is not None:
+        head = _submodule(net, head_name)
+        num_classes = num_classes or int(head.out_features if hasattr(head, "out_features") else head.weight.shape[0])
     model_c = _first_conv_in_channels(net)
     data_c = in_channels or model_c or 3
     repeat = 1
@@ -463,24 +555,68 @@ def import_model(source: str | Path, *, arch: str | None = None, weights: str | 
         if data_c == 1:
             repeat = model_c
         else:
-            raise ModelImportError(f"the model's first convolution takes {model_c} channels but the data has {data_c}")
+            raise IncompatibleError(f"the model's first convolution takes {model_c} channels but the data has {data_c}",
+                                    hint="check --in-channels / --data")
+    if num_classes is None:
+        num_classes = _probe_num_classes(net, data_c, image_size, repeat)
     mean_l = _per_channel(mean, 0.0, data_c, "mean")
     std_l = _per_channel(std, 1.0, data_c, "std")
     if any(s <= 0 for s in std_l):
         raise ModelImportError(f"std must be positive, got {std_l}")
     backbone = ImportedBackbone(net, head_name, features_layer, repeat)
-    card = ModelCard(arch=f"imported:{spec.get('arch') or spec.get('path')}", num_classes=num_classes,
+    card = ModelCard(arch=f"imported:{label}", num_classes=num_classes,
                      in_channels=data_c, image_size=image_size, mean=mean_l, std=std_l, dataset=dataset,
                      classes=list(classes) if classes is not None else [str(i) for i in range(num_classes)],
                      extra={"import": {**spec, "head_layer": head_name, "features_layer": features_layer,
                                        "channel_repeat": repeat,
                                        "bn_layers": [n for n, _ in bn_layers(net)]}})
     model = NormalizedClassifier(backbone, card).eval()
-    _check_contract(model, data_c, image_size, num_classes)
-    if require_bn and not bn_layers(model):
-        raise ModelImportError("the imported model has no (eager) BatchNorm layer with running statistics, which DSS "
-                               "synthesis needs (Eq 4); for a TorchScript file pass --arch so it loads eagerly")
+    if head_name is not None or features_layer is not None:
+        try:
+            _check_contract(model, data_c, image_size, num_classes)
+        except ModelImportError as exc:
+            if explicit or "head(features" not in str(exc):
+                raise
+            backbone.head_name = None  # discovered head does not produce the logits: evaluation only
+            card.extra["import"]["head_layer"] = None
+            warnings.warn(f"the discovered head {head_name!r} does not produce the model's logits (something runs "
+                          f"after it) — imported for evaluation only: methods that need the penultimate features "
+                          f"or the head will refuse it; re-import with --head-layer / --features-layer",
+                          stacklevel=2)
+    else:
+        _check_contract(model, data_c, image_size, num_classes)
+    card.extra["features"] = backbone.head_name is not None or features_layer is not None
+    card.extra["head"] = backbone.head_name is not None
+    if not bn_layers(model):
+        if require_bn:
+            raise ModelImportError("the imported model has no (eager) BatchNorm layer with running statistics, which "
+                                   "DSS synthesis needs (Eq 4); for a TorchScript file pass --arch so it loads eagerly")
+        if spec.get("how") != "scripted":  # the compiled-TorchScript fallback already warned about this
+            warnings.warn("the imported model has no BatchNorm layer with running statistics: DataFreeShield "
+                          "synthesis (DSS, `shieldkit synthesize` / `shield`) needs BN statistics and will refuse "
+                          "it; evaluation, attacks and training on real data work", stacklevel=2)
     return model
+
+
+def _load_weights(net: nn.Module, weights: str | Path, what: str) -> None:
+    sd = load_state_dict_file(weights)
+    missing, unexpected, shapes = _load_lenient(net, sd)
+    if missing or unexpected or shapes:
+        raise _mismatch(f"{weights} does not fit {what}", missing, unexpected, shapes)
+
+
+def _probe_num_classes(net: nn.Module, c: int, size: int, repeat: int) -> int:
+    x = torch.rand(2, c, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        try:
+            out = ImportedBackbone(net, None, None, repeat).eval()(x)
+        except Exception as exc:
+            raise ModelImportError(f"the imported model fails on a {x.shape[1]}×{size}×{size} input "
+                                   f"({type(exc).__name__}: {exc})"[:300],
+                                   hint="check --in-channels / --image-size") from exc
+    if out.ndim != 2:
+        raise ModelImportError(f"the model returns shape {tuple(out.shape)}, expected (N, num_classes) logits")
+    return int(out.shape[1])
 
 
 def _per_channel(v: Sequence[float] | float | None, default: float, c: int, what: str) -> list[float]:
@@ -522,8 +658,9 @@ def _check_contract(model: NormalizedClassifier, c: int, size: int, num_classes:
 
 
 # ----------------------------------------------------------------------------- normalisation sanity check
-class NormalisationMismatch(ValueError):  # noqa: N818 - named for what users see
-    """The declared input normalisation is very likely wrong for this model."""
+class NormalisationMismatch(IncompatibleError):  # noqa: N818 - named for what users see
+    """The declared input normalisation is very likely wrong for this model (or, at chance accuracy, the
+    weights / class order / data do not belong to it)."""
 
 
 @torch.no_grad()
@@ -537,6 +674,9 @@ def check_input_normalisation(model: NormalizedClassifier, x: torch.Tensor, y: t
     than ``margin`` (absolute accuracy), it is a mismatch. Without labels: the logit statistics — a
     model fed wrongly scaled inputs typically predicts one class for most images; if the declared
     normalisation's predictions collapse (> 90 % one class) while an alternative's do not, mismatch.
+    With labels, clean accuracy at chance level (≤ 1/C + max(0.02, 2/n)) under the declared normalisation
+    also fails (``report["chance"]``), whatever the alternatives score: the check cannot pass on a model
+    that does not classify the data at all (random or wrong weights, another dataset or class order).
     Returns the measurements; raises :class:`NormalisationMismatch` (or warns) with the fix.
     """
     c = model.card.in_channels
@@ -576,8 +716,22 @@ def check_input_normalisation(model: NormalizedClassifier, x: torch.Tensor, y: t
         bad = declared["top_class_share"] > 0.9 and bool(ok)
         evidence = (f"{declared['top_class_share']:.0%} of the images get the same class with the declared "
                     f"normalisation, {scores[best]['top_class_share']:.0%} with '{best}'")
-    report = {"ok": not bad, "best": best, "candidates": scores}
-    if bad:
+    chance = False
+    if y is not None:
+        n_cls = int(model.card.num_classes or logits.shape[1])
+        chance_level = 1.0 / n_cls + max(0.02, 2.0 / max(len(x), 1))
+        chance = declared["accuracy"] <= chance_level
+    report = {"ok": not (bad or chance), "best": best, "chance": chance, "candidates": scores}
+    if chance and not bad:
+        msg = (f"clean accuracy {declared['accuracy']:.1%} on {len(x)} test points is at chance level "
+               f"(≤ {chance_level:.1%} for {n_cls} classes) with the declared normalisation (best alternative "
+               f"'{best}': {scores[best]['accuracy']:.1%}): the model does not classify this data")
+        fix = ("check --weights (trained? this architecture / --init-args?), --data and its class order, and "
+               "--mean/--std; --check-n 0 skips the check")
+        if raise_on_mismatch:
+            raise NormalisationMismatch(msg, hint=fix)
+        warnings.warn(f"{msg}; {fix}", stacklevel=2)
+    elif bad:
         msg = (f"input normalisation mismatch: {evidence}. The model probably expects inputs normalised with "
                f"mean={scores[best]['mean']} std={scores[best]['std']} (declared mean={model.card.mean} "
                f"std={model.card.std}). Declare it with --mean/--std (in [0, 1] pixel units).")
@@ -596,23 +750,77 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
 
 
 # ----------------------------------------------------------------------------- saving / reloading
-def rebuild_imported(card: ModelCard) -> NormalizedClassifier:
+ARCH_SUFFIX = {"torchscript": ".arch.ts", "python": ".arch.py", "export": ".arch.pt2"}
+
+
+def arch_file_source(card: ModelCard) -> Path | None:
+    """The file an imported model's architecture is read from (TorchScript archive / Python source), if any."""
+    spec = card.extra.get("import") or {}
+    return Path(spec["path"]) if spec.get("source") in ARCH_SUFFIX and spec.get("path") else None
+
+
+def bundle_architecture(card: ModelCard, weights: Path) -> dict:
+    """Copy an imported model's architecture file next to its weights (``<stem>.arch.ts`` / ``<stem>.arch.py``)
+    and return the card dict to write to the sidecar: ``extra["import"]`` gains ``arch_file`` (the copy's
+    name, relative to the sidecar's folder) and ``arch_sha256``; the absolute ``path`` is not written (it
+    stays in memory, pointing at the copy). The source's hash is verified first: the weights belong to
+    the code that was imported. Other models: the card as it is."""
+    import shutil
+
+    d = card.to_dict()
+    src = arch_file_source(card)
+    if src is None:
+        return d
+    spec = dict(card.extra["import"])
+    digest = verify_sha256(src, spec.get("arch_sha256"))
+    stem = weights.name[: -len(".safetensors")] if weights.name.endswith(".safetensors") else weights.stem
+    dest = weights.with_name(stem + ARCH_SUFFIX[spec["source"]])
+    if dest.resolve() != src.resolve():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copyfile(src, tmp)
+        tmp.replace(dest)
+    if sha256_file(dest) != digest:
+        raise IntegrityError(f"{dest}: copy of the architecture source does not match its sha256")
+    card.extra["import"]["path"] = str(dest.resolve())  # the in-memory model now points at its own copy
+    card.extra["import"]["arch_sha256"] = digest
+    spec.pop("path", None)
+    d["extra"]["import"] = {**spec, "arch_file": dest.name, "arch_sha256": digest}
+    return d
+
+
+def rebuild_imported(card: ModelCard, base_dir: str | Path | None = None) -> NormalizedClassifier:
     """Re-create an imported model's architecture from its card (weights are then loaded by the caller).
 
-    The import spec in ``card.extra["import"]`` names the architecture (or the TorchScript file, which
-    must still exist: its code is the architecture) and the head/features/channel choices.
+    The import spec in ``card.extra["import"]`` names the architecture and the head/features/channel
+    choices. For a TorchScript or Python-class model the architecture is the file ``arch_file`` in
+    ``base_dir`` (the sidecar's folder), whose sha256 must equal ``arch_sha256`` (``IntegrityError``
+    otherwise). Sidecars written before self-contained saving carry an absolute ``path`` instead (no hash):
+    that file must still exist and is used as it is.
     """
     spec = card.extra.get("import")
     if not spec:
         raise ModelImportError(f"model card for {card.arch!r} carries no import spec; it was not made by import_model")
-    source = spec["path"] if spec["source"] == "torchscript" else spec["arch"]
+    expected = None
+    if spec["source"] in ARCH_SUFFIX:
+        if spec.get("arch_file"):
+            file = Path(base_dir or ".") / spec["arch_file"]
+            expected = spec.get("arch_sha256")
+            verify_sha256(file, expected)
+        else:  # old sidecar: absolute path, no hash
+            file = Path(spec["path"])
+        source = f"{file}:{spec['class']}" if spec["source"] == "python" else str(file)
+    else:
+        source = spec["arch"]
     arch = spec.get("arch") if spec["source"] == "torchscript" else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "random weights": the trained weights are loaded next
-        return import_model(source, arch=arch, num_classes=card.num_classes, in_channels=card.in_channels,
-                            image_size=card.image_size, mean=card.mean, std=card.std,
-                            head_layer=spec.get("head_layer"), features_layer=spec.get("features_layer"),
-                            dataset=card.dataset, classes=card.classes)
+        model = import_model(source, arch=arch, num_classes=card.num_classes, in_channels=card.in_channels,
+                             image_size=card.image_size, mean=card.mean, std=card.std,
+                             head_layer=spec.get("head_layer"), features_layer=spec.get("features_layer"),
+                             dataset=card.dataset, classes=card.classes, init_args=spec.get("init_args"),
+                             expected_sha256=expected)
+    return model
 
 
 def load_imported(path: str | Path, device: str | torch.device = "cpu") -> NormalizedClassifier:
@@ -623,11 +831,15 @@ def load_imported(path: str | Path, device: str | torch.device = "cpu") -> Norma
 
     weights, sidecar = _paths(path)
     if not sidecar.exists():
-        raise FileNotFoundError(f"{sidecar}: missing JSON sidecar of {weights}")
+        raise MissingInputError(f"{sidecar}: missing JSON sidecar of {weights}")
     card = ModelCard.from_dict(read_json(sidecar))
     if not card.arch.startswith("imported:"):
         return load_model(path, device=str(device))
-    model = rebuild_imported(card)
+    model = rebuild_imported(card, base_dir=sidecar.parent)
+    current = model.card.extra.get("import", {}).get("path")
+    model.card.arch = card.arch  # the label recorded at import (rebuilding from the copy names the copy)
     model.card.extra = dict(card.extra)
+    if current is not None and card.extra["import"].get("source") in ARCH_SUFFIX:
+        model.card.extra["import"] = {**card.extra["import"], "path": current}  # in memory: where the code is
     model.load_state_dict(load_tensors(weights), strict=True)
     return model.to(device).eval()

@@ -3,6 +3,10 @@
 ``save_model(model, "teacher")`` writes ``teacher.safetensors`` (the state dict, including the
 normalisation buffers) and ``teacher.json`` (the :class:`ModelCard`). ``load_model`` rebuilds the
 architecture from the card and loads the tensors strictly.
+
+An imported model whose architecture is a file (TorchScript, torch.export ``.pt2``, a Python class) gets it
+copied next to the weights (``teacher.arch.ts`` / ``.arch.pt2`` / ``.arch.py``, sha256 in the sidecar), so the
+saved model never depends on a file outside its own folder: the folder can be moved or shipped whole.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ def save_model(model: NormalizedClassifier, path: str | Path, **extra) -> Path:
     weights, sidecar = _paths(path)
     card = model.card
     card.extra.update(extra)
+    card_dict = card.to_dict()
+    if card.arch.startswith("imported:"):  # TorchScript / Python-class source: copied next to the weights
+        from shieldkit.models.importers import bundle_architecture
+
+        card_dict = bundle_architecture(card, weights)
     save_tensors(weights, model.state_dict(), metadata={"arch": card.arch})
-    atomic_write_json(sidecar, card.to_dict())
+    atomic_write_json(sidecar, card_dict)
     return weights
 
 

@@ -1,4 +1,5 @@
-"""The before/after report of a DataFreeShield run (``runs/demo/report.html``) and its terminal table."""
+"""The terminal table of a DataFreeShield run and ``write_report`` (``report.html``, rendered by
+:mod:`shieldkit.reporting.shield_report`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from shieldkit.utils.io import atomic_write_text
@@ -51,6 +53,12 @@ def print_summary(results: dict, console: Console | None = None) -> None:
         t.add_row(r["label"], f"{_pct(r['clean'])} {r['clean_ci']}", f"{_pct(r['pgd'])} {r['pgd_ci']}",
                   f"{_pct(r['aa'])} {r['aa_ci']}", f"{r['n']}, {r['aa_n']}")
     console.print(t)
+    for key, label in ROWS:
+        head = (results.get(key) or {}).get("headline")
+        if head:
+            style = "bold magenta" if head.startswith("INVALID") else ("bold green" if head.startswith("Trustworthy")
+                                                                       else "bold red")
+            console.print(f"{label}: [{style}]{escape(head)}[/]", highlight=False)
 
 
 def _img(path: Path | None, alt: str) -> str:
@@ -61,40 +69,12 @@ def _img(path: Path | None, alt: str) -> str:
     return f'<figure><img alt="{alt}" src="data:image/png;base64,{data}"/><figcaption>{alt}</figcaption></figure>'
 
 
-def write_report(results: dict, path: str | Path, grid_png: str | Path | None = None, title: str = "shieldkit demo"
-                 ) -> Path:
-    """Self-contained HTML (plots embedded as base64 PNG)."""
-    rows = summary_rows(results)
-    any_r = results.get("shielded") or results.get("teacher") or {}
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    if any_r:
-        body.append(f"<p>Threat model: {any_r.get('threat_model')} ε = {any_r.get('eps'):.4g}; "
-                    f"{rows[0]['pgd_name'] if rows else 'PGD'} and {rows[0]['aa_name'] if rows else 'AutoAttack'} "
-                    f"(official pyautoattack) on real test images never seen in training; seed {any_r.get('seed')}. "
-                    "Intervals are 95 % Clopper-Pearson.</p>")
-    heads = ("model", "clean %", "PGD %", "AutoAttack %", "n", "AA n")
-    body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>")
-    for r in rows:
-        body.append(f"<tr><td>{html.escape(r['label'])}</td><td>{_pct(r['clean'])} {r['clean_ci']}</td>"
-                    f"<td>{_pct(r['pgd'])} {r['pgd_ci']}</td><td>{_pct(r['aa'])} {r['aa_ci']}</td>"
-                    f"<td>{r['n']}</td><td>{r['aa_n']}</td></tr>")
-    body.append("</table>")
-    syn = results.get("synthesis")
-    if syn:
-        cfg = syn.get("config", {})
-        body.append(f"<h2>Synthetic data</h2><p>{syn['n_samples']} samples, DSS={cfg.get('coefficients')}, "
-                    f"{cfg.get('iterations')} Adam iterations per batch, {syn['samples_per_s']:.2f} samples/s.</p>")
-    body.append(_img(Path(grid_png) if grid_png else None, "Synthetic samples per assigned class"))
-    secs = results.get("seconds")
-    if secs:
-        items = "".join(f"<li>{html.escape(k)}: {v:.0f} s</li>" for k, v in secs.items())
-        body.append(f"<h2>Wall time</h2><ul>{items}</ul>")
-    prov = results.get("provenance", {})
-    if prov:
-        body.append(f"<h2>Provenance</h2><pre>{html.escape(str(prov))}</pre>")
-    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #999;padding:4px 8px;text-align:right}img{max-width:100%}")
-    page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>")
-    atomic_write_text(path, page)
+def write_report(results: dict, path: str | Path, grid_png: str | Path | None = None, title: str = "shieldkit demo",
+                 card: dict | None = None, outputs: dict[str, str] | None = None) -> Path:
+    """Self-contained HTML (plots embedded as base64 PNG): the shield report of
+    :func:`shieldkit.reporting.shield_report.render_shield_report`, written atomically."""
+    from shieldkit.reporting.shield_report import render_shield_report
+
+    atomic_write_text(path, render_shield_report(results, title=title, card=card, grid_png=grid_png,
+                                                 outputs=outputs))
     return Path(path)

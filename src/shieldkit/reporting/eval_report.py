@@ -18,15 +18,29 @@ def _ci(ci: list[float] | None) -> str:
     return "" if not ci else f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def headline_color(audit: list[dict], trusted: bool) -> str:
+    """Colour of an audit headline: purple INVALID, green all pass, amber trustworthy with caveats, red not."""
+    if any(c["verdict"] == "invalid" for c in audit):
+        return _COLORS["invalid"]
+    if trusted:
+        return _COLORS["pass"] if all(c["verdict"] == "pass" for c in audit) else _COLORS["warn"]
+    return _COLORS["fail"]
+
+
+def audit_rows_html(audit: list[dict]) -> str:
+    """``<tr>`` rows (check, coloured verdict, evidence) of an audit list."""
+    e = html.escape
+    return "".join(
+        f"<tr><td>{e(c['name'])}</td><td style='color:{_COLORS[c['verdict']]};font-weight:bold'>"
+        f"{e(c['verdict'].upper())}</td><td>{e(c['evidence'])}</td></tr>"
+        for c in audit
+    )
+
+
 def render_html(res: dict, pngs: dict[str, bytes]) -> str:
     e = html.escape
     trusted = res.get("trustworthy", False)
-    invalid = any(c["verdict"] == "invalid" for c in res["audit"])
-    head_col = _COLORS["invalid"] if invalid else (
-        _COLORS["pass"]
-        if trusted and all(c["verdict"] == "pass" for c in res["audit"])
-        else (_COLORS["warn"] if trusted else _COLORS["fail"])
-    )
+    head_col = headline_color(res["audit"], trusted)
     rows = []
     for a in res["attacks"]:
         rows.append(
@@ -36,11 +50,7 @@ def render_html(res: dict, pngs: dict[str, bytes]) -> str:
             f"<td class=num>{a['backwards']:,}</td><td>{'✓' if a['in_worst_case'] else 'curve/check'}</td>"
             f"<td class=small>{e(_params(a['params']))}</td></tr>"
         )
-    checks = "".join(
-        f"<tr><td>{e(c['name'])}</td><td style='color:{_COLORS[c['verdict']]};font-weight:bold'>"
-        f"{e(c['verdict'].upper())}</td><td>{e(c['evidence'])}</td></tr>"
-        for c in res["audit"]
-    )
+    checks = audit_rows_html(res["audit"])
     imgs = "".join(
         f"<figure><img alt='{e(k)}' src='data:image/png;base64,{base64.b64encode(b).decode()}'/>"
         f"<figcaption>{e(k.replace('_', ' '))}</figcaption></figure>"

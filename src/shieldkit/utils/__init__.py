@@ -1,1 +1,1 @@
-"""Small shared mechanisms: atomic I/O, seeding, devices, provenance, progress."""
+"""Small shared mechanisms: atomic I/O, seeding, devices, provenance, progress, TensorBoard logging."""

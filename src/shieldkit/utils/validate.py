@@ -274,19 +274,14 @@ def resolve_device(name: Any = "auto", flag: str = "--device"):  # noqa: ANN201 
 
 def check_dataset(name: str | None, root: str | Path | None = None, flag: str = "--data",
                   root_flag: str = "--data-root") -> str | None:
-    """A registered dataset name (with a suggestion); a local dataset needs an existing ``root``."""
-    if name is None:
-        return None
-    from shieldkit.data.registry import DATASETS, list_datasets
+    """Old name of :func:`shieldkit.data.validate.check_dataset` (the dataset check needs the data
+    registry, so it lives in the data layer). Kept because tests/test_validate.py calls it and
+    tests/test_bad_inputs.py monkeypatches it here to reach the CLI's error handler; the CLI therefore
+    still calls it under this name. Issue 14: remove it (and its ``ignore_imports`` entry in
+    pyproject.toml) once those tests use ``shieldkit.data.validate``."""
+    from shieldkit.data.validate import check_dataset as _check_dataset
 
-    if name not in DATASETS:
-        raise InputError(f"{flag} {name}: unknown dataset", hint=_suggest(name, list_datasets()))
-    if root is not None:
-        check_existing_dir(root, root_flag)
-    elif not DATASETS[name]["embedded"]:
-        raise InputError(f"{flag} {name}: reads a local folder, pass {root_flag}",
-                         hint=f"expected layout: {DATASETS[name]['layout']}"[:200])
-    return name
+    return _check_dataset(name, root, flag=flag, root_flag=root_flag)
 
 
 def check_model_path(path: str | Path | None, flag: str = "--model") -> Path | None:

@@ -3,7 +3,8 @@
 transform (RT1/RT2/RT3, :mod:`.transforms`) → purifier (gated-conv inpainter or AE, :mod:`.purifiers`)
 → frozen classifier, as one module (:mod:`.pipeline`); purifier pre-training with L_org
 (:mod:`.pretrain`) and AToP fine-tuning with L_org + λ·CE on adversarial examples crafted against the
-whole pipeline (:mod:`.finetune`); evaluation with EOT / BPDA+EOT / AutoAttack-rand (:mod:`.evaluate`).
+whole pipeline (:mod:`.finetune`). Its evaluation with EOT / BPDA+EOT / AutoAttack-rand is
+:mod:`shieldkit.evaluation.atop` (the evaluation layer, above the defences).
 """
 
 from shieldkit.defenses.atop.finetune import FinetuneConfig, finetune_purifier

@@ -1,0 +1,292 @@
+"""What ``shieldkit shield`` / ``shieldkit demo`` leave for a deployer: ``report.html`` (self-contained,
+figures embedded as base64 PNG) and ``model_card.json`` (the shielded model's identity, threat model,
+audited robust accuracies and limitations), both rendered from the run's ``results.json``.
+
+The audit itself is computed by :func:`shieldkit.pipeline.audit_basic` (this layer renders, it does not
+evaluate). "Trustworthy" appears only when the audit's headline says so, i.e. when no validity check is
+INVALID and no audit check failed.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+from shieldkit.reporting.demo_report import ROWS, _img, _pct, summary_rows
+from shieldkit.reporting.eval_report import audit_rows_html, headline_color
+
+CARD_SCHEMA = "shieldkit.model_card/1"
+NOT_RUN = ("iterations", "restarts", "unbounded_attack", "eps_monotone", "blackbox_vs_whitebox", "loss_consistency",
+           "adaptive_vs_standard")
+
+
+def _acc_record(rec: dict | None, attack: str) -> dict | None:
+    if not rec:
+        return None
+    return {"attack": rec.get("attack", attack), "acc": rec["acc"], "k": rec.get("k"), "n": rec["n"],
+            "ci": rec.get("ci"), "ci_method": rec.get("ci_method"), "ci_level": rec.get("ci_level")}
+
+
+def _row_accuracies(r: dict) -> dict:
+    return {"clean": _acc_record(r.get("clean"), "clean"), "pgd": _acc_record(r.get("pgd"), "PGD"),
+            "autoattack": _acc_record(r.get("autoattack"), "AutoAttack"),
+            "robust": _acc_record(r.get("robust"), "worst case")}
+
+
+def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, hashes: dict, files: dict,
+                     eval_data: dict | None, created_utc: str, version: str, name: str) -> dict:
+    """The deployer's card. ``model_card`` / ``teacher_card``: the models' sidecar dicts; ``hashes``:
+    ``weights_sha256`` (the shielded ``.safetensors`` file), ``fingerprint`` (its weights + card),
+    ``teacher_fingerprint`` and ``teacher_weights_sha256`` (the teacher's file, None when unknown)."""
+    s = results.get("shielded") or {}
+    syn = results.get("synthesis", {})
+    tr = results.get("training", {})
+    c, size = model_card.get("in_channels"), model_card.get("image_size")
+    evaluated = bool(s)
+    valid, trusted = bool(s.get("valid", False)), bool(s.get("trustworthy", False))
+    head = s.get("headline", "not evaluated: no real test set was given, so no robustness is claimed")
+    threat = (f"{s.get('threat_model', tr.get('norm'))} ε = {float(s.get('eps', tr.get('eps', 0))):.4g}")
+    attacks = " and ".join(x for x in (s.get("pgd", {}).get("attack"), s.get("autoattack", {}).get("attack")) if x)
+    limitations = [
+        f"Robustness is measured only for the stated threat model ({threat}, inputs in [0, 1]) with {attacks or 'no '}"
+        f" attack(s) on {s.get('n', 0)} real test points (AutoAttack on {s.get('aa_n', 0)}) of "
+        f"{(eval_data or {}).get('name', model_card.get('dataset'))}, seed {s.get('seed')}; other norms, larger ε, "
+        "corruptions, patches or distribution shift were not measured.",
+        "Accuracies are sample estimates: quote them with their 95 % Clopper-Pearson intervals.",
+        "The audit run here is the cheap one (validity, softmax, randomness, gradients, FGSM vs PGD); the "
+        "attack-curve and adaptive checks of `shieldkit evaluate --suite standard` were not run.",
+        "Trained without real data (DataFreeShield, synthetic samples from the teacher's BatchNorm statistics): "
+        "expect lower clean accuracy than the teacher.",
+        "Normalisation (mean/std) is inside the model: feed [0, 1] images of the stated shape, do not normalise again.",
+    ]
+    if not trusted:
+        limitations.insert(0, "The audit did NOT pass (" + head + "): do not rely on the robustness numbers.")
+    return {
+        "schema": CARD_SCHEMA,
+        "name": name,
+        "headline": head,
+        "valid": valid,
+        "trustworthy": trusted,
+        "model": {"arch": model_card.get("arch"), "method": "DataFreeShield (data-free adversarial training)",
+                  "weights": files.get("model"), "weights_sha256": hashes.get("weights_sha256"),
+                  "fingerprint": hashes.get("fingerprint")},
+        "teacher": {"arch": teacher_card.get("arch"), "weights": files.get("teacher"),
+                    "weights_sha256": hashes.get("teacher_weights_sha256"),
+                    "fingerprint": hashes.get("teacher_fingerprint")},
+        "dataset": {"name": model_card.get("dataset"), "num_classes": model_card.get("num_classes"),
+                    "classes": model_card.get("classes"), "input_shape": [c, size, size], "input_range": [0.0, 1.0],
+                    "normalisation": {"mean": model_card.get("mean"), "std": model_card.get("std"),
+                                      "inside_model": True}},
+        "threat_model": {"norm": s.get("norm", tr.get("norm")), "eps": s.get("eps", tr.get("eps")),
+                         "name": s.get("threat_model")},
+        "evaluation": None if not evaluated else {
+            "data": eval_data, "n": s.get("n"), "aa_n": s.get("aa_n"), "seed": s.get("seed"),
+            "points": "seeded, class-stratified subset of the real test split (never used for training)",
+            "shielded": _row_accuracies(s),
+            "teacher": _row_accuracies(results["teacher"]) if "teacher" in results else None,
+        },
+        "audit": None if not evaluated else {
+            "headline": head, "valid": valid, "trustworthy": trusted,
+            "checks": [{"name": c["name"], "verdict": c["verdict"]} for c in s.get("audit", [])],
+            "teacher_headline": results.get("teacher", {}).get("headline"),
+        },
+        "training": {"real_data_used": False, "synthetic_samples": syn.get("n_samples"),
+                     "objective": tr.get("objective"), "epochs": tr.get("epochs"),
+                     "attack_steps": tr.get("attack_steps"), "seed": tr.get("seed")},
+        "intended_use": [
+            f"Drop-in, more robust replacement of the teacher ({teacher_card.get('arch')}) for classifying "
+            f"{model_card.get('dataset')}-like images where {threat} input perturbations are a concern.",
+            "Research and evaluation; not certified robustness (the numbers are empirical attack results).",
+        ],
+        "limitations": limitations,
+        "files": files,
+        "shieldkit_version": version,
+        "git_revision": results.get("provenance", {}).get("git_revision"),
+        "created_utc": created_utc,
+    }
+
+
+def accuracy_chart(results: dict) -> bytes | None:
+    """Grouped bars teacher vs shielded (clean / PGD / AutoAttack) with 95 % interval whiskers, as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, results[k]) for k, label in ROWS if k in results]
+    if not rows:
+        return None
+    metrics = (("clean", "clean"), ("pgd", rows[0][1].get("pgd", {}).get("attack", "PGD")),
+               ("autoattack", rows[0][1].get("autoattack", {}).get("attack", "AutoAttack")))
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    width = 0.8 / len(rows)
+    for j, (label, r) in enumerate(rows):
+        xs, hs, lo, hi = [], [], [], []
+        for i, (key, _) in enumerate(metrics):
+            rec = r.get(key)
+            if not rec:
+                continue
+            xs.append(i + (j - (len(rows) - 1) / 2) * width)
+            hs.append(100 * rec["acc"])
+            lo.append(100 * (rec["acc"] - rec["ci"][0]))
+            hi.append(100 * (rec["ci"][1] - rec["acc"]))
+        ax.bar(xs, hs, width, yerr=[lo, hi], capsize=3, label=label)
+        for x, h, up in zip(xs, hs, hi, strict=True):  # the value above its interval's whisker
+            ax.text(x, h + up + 1.5, f"{h:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(metrics)), [m[1] for m in metrics])
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 118)
+    ax.set_yticks(range(0, 101, 20))
+    ax.set_title(f"{rows[0][1]['threat_model']} ε = {rows[0][1]['eps']:.4g}, real test images, 95 % intervals",
+                 fontsize=9)
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _png(data: bytes | None, alt: str) -> str:
+    if not data:
+        return ""
+    a = html.escape(alt)
+    return (f'<figure><img alt="{a}" src="data:image/png;base64,{base64.b64encode(data).decode()}"/>'
+            f"<figcaption>{a}</figcaption></figure>")
+
+
+def _kv(rows: list[tuple[str, object]], cls: str = "kv") -> str:
+    e = html.escape
+    body = "".join(f"<tr><th>{e(str(k))}</th><td>{e(str(v))}</td></tr>" for k, v in rows if v not in (None, ""))
+    return f'<table class="{cls}">{body}</table>'
+
+
+def _provenance_rows(prov: dict) -> list[tuple[str, object]]:
+    host = prov.get("host", {})
+    rows: list[tuple[str, object]] = [("git revision", prov.get("git_revision") or "unknown (not a git checkout)"),
+                                      ("timestamp (UTC)", prov.get("timestamp_utc"))]
+    rows += [(name, version) for name, version in prov.get("packages", {}).items()]
+    rows += [("platform", host.get("platform")), ("CPU count", host.get("cpu_count")),
+             ("torch threads", host.get("torch_threads")), ("CUDA available", host.get("cuda"))]
+    return rows
+
+
+def _floats(v: list[float] | None) -> str:
+    return "—" if v is None else "[" + ", ".join(f"{x:.4g}" for x in v) + "]"
+
+
+def _ci_cell(rec: dict | None) -> str:
+    if not rec:
+        return "<td class=num>—</td>"
+    lo, hi = rec["ci"]
+    return (f"<td class=num><b>{_pct(rec['acc'])}</b> <span class=ci>[{100 * lo:.1f}, {100 * hi:.1f}]"
+            f"</span></td>")
+
+
+def render_shield_report(results: dict, *, title: str = "shieldkit shield — DataFreeShield",
+                         card: dict | None = None, grid_png: str | Path | None = None,
+                         outputs: dict[str, str] | None = None) -> str:
+    e = html.escape
+    s = results.get("shielded") or {}
+    body = [f"<h1>{e(title)}</h1>"]
+    if s.get("headline"):
+        col = headline_color(s.get("audit", []), bool(s.get("trustworthy")))
+        body.append(f'<p class="headline" style="border-left-color:{col}"><b>Shielded model:</b> '
+                    f"{e(s['headline'])}</p>")
+    elif results.get("synthesis"):
+        body.append('<p class="headline">Not evaluated (no real test set): no robustness is claimed.</p>')
+
+    if card:
+        ds, m, t = card["dataset"], card["model"], card["teacher"]
+        body.append("<h2>Model</h2>")
+        body.append(_kv([
+            ("shielded model", f"{m['arch']} — {m['method']}"), ("weights", m.get("weights")),
+            ("weights sha256", m.get("weights_sha256")), ("teacher", t.get("arch")),
+            ("teacher weights", t.get("weights")),
+            ("teacher sha256", t.get("weights_sha256") or f"(fingerprint) {t.get('fingerprint')}"),
+            ("dataset", f"{ds['name']}: {ds['num_classes']} classes ({', '.join(map(str, ds['classes'] or []))})"),
+            ("input", f"{'×'.join(map(str, ds['input_shape']))} in [0, 1]; mean "
+                      f"{_floats(ds['normalisation']['mean'])}, std {_floats(ds['normalisation']['std'])} "
+                      "applied inside the model"),
+            ("shieldkit", card.get("shieldkit_version")), ("created (UTC)", card.get("created_utc")),
+        ]))
+
+    rows = summary_rows(results)
+    if rows:
+        any_r = s or results.get("teacher")
+        body.append("<h2>Robust accuracy, teacher vs shielded</h2>")
+        body.append(f"<p>Threat model {e(any_r['threat_model'])} ε = {any_r['eps']:.4g}; {e(rows[0]['pgd_name'])} "
+                    f"and {e(rows[0]['aa_name'])} (official pyautoattack) on real test images never used for "
+                    f"training or model selection; seeded class-stratified points. Accuracy in %, "
+                    f"[95 % Clopper-Pearson interval]. <i>Worst case</i> counts a point robust only if it is "
+                    "correct clean, under PGD and under AutoAttack.</p>")
+        heads = ("model", "clean", "PGD", "AutoAttack", "worst case", "n", "AA n", "norm", "ε", "seed")
+        body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>")
+        for r in rows:
+            rec = results[r["key"]]
+            body.append(f"<tr><td>{e(r['label'])}</td>{_ci_cell(rec.get('clean'))}{_ci_cell(rec.get('pgd'))}"
+                        f"{_ci_cell(rec.get('autoattack'))}{_ci_cell(rec.get('robust'))}"
+                        f"<td class=num>{r['n']}</td><td class=num>{r['aa_n'] if r['aa_n'] is not None else '—'}</td>"
+                        f"<td>{e(rec['norm'])}</td><td class=num>{rec['eps']:.4g}</td>"
+                        f"<td class=num>{rec['seed']}</td></tr>")
+        body.append("</table>")
+        invalid = any(not (results.get(k) or {}).get("valid", True) for k, _ in ROWS)
+        body.append(_png(accuracy_chart(results), "Accuracy teacher vs shielded (95 % intervals)"
+                         + (" — INVALID evaluation, see the audit" if invalid else "")))
+
+        body.append("<h2>Audit</h2>")
+        body.append("<p>Validity checks (INVALID = the evaluation itself is meaningless) and cheap "
+                    "obfuscated-gradient checks, run on the points evaluated. A headline says whether the "
+                    "<i>measurement</i> can be trusted (no check INVALID or FAIL), not that the model is robust: "
+                    "read the number it states. Not run here (use "
+                    f"<code>shieldkit evaluate --suite standard</code>): {e(', '.join(NOT_RUN))}.</p>")
+        for key, label in ROWS:
+            rec = results.get(key)
+            if not rec or "audit" not in rec:
+                continue
+            col = headline_color(rec["audit"], bool(rec.get("trustworthy")))
+            body.append(f"<h3>{e(label)}</h3><p class=\"headline\" style=\"border-left-color:{col}\">"
+                        f"{e(rec['headline'])}</p>")
+            body.append("<table><tr><th>check</th><th>verdict</th><th>evidence</th></tr>"
+                        f"{audit_rows_html(rec['audit'])}</table>")
+
+    syn = results.get("synthesis")
+    if syn:
+        cfg = syn.get("config", {})
+        body.append(f"<h2>Synthetic training data</h2><p>{syn['n_samples']} samples synthesised from the teacher "
+                    f"alone (DSS coefficients = {e(str(cfg.get('coefficients')))}, {cfg.get('iterations')} Adam "
+                    f"iterations per batch, {syn.get('samples_per_s', 0):.2f} samples/s); no real image was used "
+                    "for training.</p>")
+        body.append(_img(Path(grid_png) if grid_png else None, "Synthetic samples, one row per assigned class"))
+
+    secs = results.get("seconds")
+    if secs:
+        body.append("<h2>Wall time per stage</h2><table><tr><th>stage</th><th>wall time (s)</th></tr>"
+                    + "".join(f"<tr><td>{e(k)}</td><td class=num>{v:.1f}</td></tr>" for k, v in secs.items())
+                    + f"<tr><th>total</th><th class=num>{sum(secs.values()):.1f}</th></tr></table>")
+        parts = [(label, results[key]["seconds"]) for key, label in ROWS if "seconds" in (results.get(key) or {})]
+        if parts:
+            cols = ("clean", "pgd", "autoattack")
+            body.append("<p>Evaluation, per model (s):</p><table><tr><th>model</th>"
+                        + "".join(f"<th>{c}</th>" for c in ("clean", "PGD", "AutoAttack")) + "</tr>"
+                        + "".join(f"<tr><td>{e(label)}</td>"
+                                  + "".join(f"<td class=num>{t[c]:.1f}</td>" if c in t else "<td>—</td>" for c in cols)
+                                  + "</tr>" for label, t in parts)
+                        + "</table>")
+
+    if results.get("provenance"):
+        body.append("<h2>Provenance</h2>" + _kv(_provenance_rows(results["provenance"])))
+    if outputs:
+        body.append("<h2>Outputs</h2>" + _kv(list(outputs.items())))
+
+    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+             "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+             "vertical-align:top}th{background:#f2f2f2;text-align:left}.num{text-align:right;"
+             "font-variant-numeric:tabular-nums;white-space:nowrap}.ci{color:#666;font-size:85%}"
+             ".kv th{width:13em}.kv td{word-break:break-all}"
+             ".headline{border-left:8px solid #999;padding:.6em 1em;background:#fafafa;font-size:105%}"
+             "figure{display:inline-block;margin:.5em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}")
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
