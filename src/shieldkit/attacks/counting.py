@@ -33,9 +33,7 @@ class CountingModel(nn.Module):
     def counts(self) -> dict[str, int]:
         return {"forwards": int(self.forwards), "backwards": int(self.backwards)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x)
-        n = int(x.shape[0])
+    def _count(self, out: torch.Tensor, n: int) -> torch.Tensor:
         self.forwards += n
         if out.requires_grad:
 
@@ -44,15 +42,9 @@ class CountingModel(nn.Module):
 
             out.register_hook(_hook)
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._count(self.model(x), int(x.shape[0]))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # latent attacks need the feature map
-        out = self.model.features(x)
-        n = int(x.shape[0])
-        self.forwards += n
-        if out.requires_grad:
-
-            def _hook(grad: torch.Tensor) -> None:
-                self.backwards += n
-
-            out.register_hook(_hook)
-        return out
+        return self._count(self.model.features(x), int(x.shape[0]))
