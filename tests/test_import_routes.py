@@ -236,6 +236,17 @@ def test_no_discoverable_head_imports_for_evaluation_only(user, tmp_path):
     assert torch.allclose(again(x), model(x), atol=1e-6)
     res = _cli("import-model", f"{d / 'mynet.py'}:ConvHead", "--out", tmp_path / "cli", *SHAPE)
     assert res.exit_code == 0 and "features: none (evaluation only)" in res.output, res.output
+    # evaluation-only really evaluates: a suite with the (features-based) latent attack skips it, saying so
+    from dataclasses import replace
+
+    from shieldkit.data import load_dataset
+    from shieldkit.evaluation.suite import SUITE_SPECS, evaluate
+
+    spec = replace(SUITE_SPECS["quick"], latent=True, aa_attacks=("apgd-ce",), iter_curve=(1,), eps_factors=(1.0,),
+                   pgd_steps=2, cw_steps=2, unbounded_steps=2, aa_rand="never")
+    ev = evaluate(again, load_dataset("mnist5k", "test"), eps=0.1, n=16, suite="quick", spec=spec)
+    assert not any("latent" in a["name"] for a in ev["attacks"])
+    assert any("latent attack skipped" in note for note in ev["notes"])
 
 
 def test_normalisation_check_fails_at_chance_accuracy(user, tmp_path):

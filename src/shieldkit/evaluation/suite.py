@@ -836,7 +836,11 @@ def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
                 {"scale": scale, "why": "CE gradients vanish: undo the softmax saturation"},
             )
             adaptive[r.name] = float(r.robust.float().mean())
-    if spec.latent and hasattr(ev.raw_model, "features"):
+    card = getattr(ev.raw_model, "card", None)
+    evaluation_only = card is not None and (card.extra or {}).get("features", True) is False
+    if spec.latent and evaluation_only:
+        ev.notes.append("latent attack skipped: the model was imported for evaluation only (no features layer)")
+    if spec.latent and hasattr(ev.raw_model, "features") and not evaluation_only:
         from shieldkit.attacks.latent import latent_attack
 
         lcfg = ev.cfg(spec.pgd_steps)
