@@ -155,3 +155,18 @@ def test_too_few_points_is_invalid_never_trustworthy(tmp_path, mnist_teacher, mn
     assert card["headline"] in page and "INVALID" in page
     assert "Trustworthy" not in page
     assert card["model"]["weights_sha256"] == hashlib.sha256((run / "shielded.safetensors").read_bytes()).hexdigest()
+
+
+def test_api_rerun_without_report_leaves_no_stale_card(cli_run, mnist_teacher, monkeypatch):
+    """A later `shield()` call without report=True rewrites results.json: the card and report of the CLI run
+    would then describe other numbers, so they are removed (run last: it changes the module's run folder)."""
+    from shieldkit.data import load_dataset
+
+    tmp, out, _ = cli_run
+    monkeypatch.setattr(pipeline, "evaluate_basic", CHEAP_AA)
+    cfg = ShieldConfig(SynthesisConfig(n_samples=40, batch_size=20, iterations=5, seed=0),
+                       RobustTrainConfig(eps=0.1, norm="linf", epochs=1, batch_size=20, attack_steps=2, seed=0),
+                       EvalConfig(n=32, aa_n=16, pgd_steps=5, seed=0))
+    shield(mnist_teacher, out, cfg, test_data=load_dataset("mnist5k", "test"), device="cpu", progress=False)
+    assert (out / "results.json").exists()
+    assert not (out / "model_card.json").exists() and not (out / "report.html").exists()

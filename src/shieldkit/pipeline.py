@@ -135,6 +135,9 @@ def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig
         raise
     if report:
         write_shield_outputs(run, results, teacher, test_data=test_data, teacher_file=teacher_file, title=title)
+    else:  # results.json was just rewritten: a card/report from an earlier call would describe other numbers
+        for name in ("model_card", "report"):
+            (run / OUTPUT_NAMES[name]).unlink(missing_ok=True)
     return results
 
 
