@@ -24,13 +24,13 @@ from shieldkit.data import load_dataset
 from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
 from shieldkit.models import NormalizedClassifier, create_model, load_model, save_model
+from shieldkit.models.checks import check_finite_weights
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
 from shieldkit.synthesis.losses import BNStatistics
 from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
 from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier
 from shieldkit.utils.fingerprint import (
     RunManifest,
-    check_finite_teacher,
     fingerprint_dataset,
     fingerprint_model,
     fingerprint_synthetic,
@@ -101,7 +101,7 @@ def ensure_teacher(path: str | Path, data: str = "mnist5k", arch: str = "mnist_c
                          dataset=data, classes=train.classes)
     t0 = time.perf_counter()
     train_classifier(model, train, StandardTrainConfig(epochs=epochs, seed=seed), device=device, progress=progress)
-    check_finite_teacher(model, f"{path}: trained teacher")
+    check_finite_weights(model, f"{path}: trained teacher")
     acc = accuracy(model, test, device=device)
     # the sidecar (written last by save_model) is the completion marker and carries the fingerprints
     save_model(model, path, test_acc=acc, train_seconds=time.perf_counter() - t0, epochs=epochs, seed=seed,
@@ -122,7 +122,7 @@ def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig
     (:func:`write_shield_outputs`; ``teacher_file`` is the teacher's weights path, for its sha256)."""
     run = Path(run_dir)
     BNStatistics(teacher)  # refuse a BN-less or non-finite teacher before anything is written
-    check_finite_teacher(teacher)
+    check_finite_weights(teacher, "teacher")
     t_fp = fingerprint_model(teacher)
     fps = {"teacher": t_fp, "synthesis": cfg.synthesis.to_dict(), "training": cfg.training.to_dict(),
            "evaluation": cfg.evaluation, "eval_data": None if test_data is None else fingerprint_dataset(test_data)}

@@ -202,8 +202,9 @@ def check_gradients(stats: dict) -> dict:
 
 # ----------------------------------------------------------------------------------- validity checks
 @torch.no_grad()
-def check_finite_outputs(model: nn.Module, x: torch.Tensor) -> dict:
-    out = model(x)
+def check_finite_outputs(model: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> dict:
+    """``out``: the logits of ``x`` if the caller already has them (saves a forward pass)."""
+    out = model(x) if out is None else out
     bad = int((~torch.isfinite(out)).flatten(1).any(1).sum())
     if bad:
         return check("finite_outputs", INVALID,

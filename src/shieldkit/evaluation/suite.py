@@ -534,7 +534,7 @@ def validity_probe(system: nn.Module, data: ImageDataset, *, eps: float, norm: s
     x = data.x[: min(len(data), batch)].to(device)
     with torch.no_grad():
         out = system(x)
-    checks = [A.check_finite_outputs(system, x), A.check_class_count(int(out.shape[-1]), data.num_classes),
+    checks = [A.check_finite_outputs(system, x, out), A.check_class_count(int(out.shape[-1]), data.num_classes),
               A.check_eps_range(float(eps), norm, int(torch.tensor(data.image_shape).prod())),
               A.check_sample_size(len(data))]
     return checks

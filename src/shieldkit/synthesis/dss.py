@@ -49,9 +49,10 @@ import torch
 from torch import nn
 
 from shieldkit.errors import InputError, IntegrityError
+from shieldkit.models.checks import check_finite_weights
 from shieldkit.synthesis.losses import BNStatistics, class_loss, tv_prior
 from shieldkit.synthesis.store import MANIFEST, shard_path, write_manifest, write_shard
-from shieldkit.utils.fingerprint import RunManifest, check_finite_teacher, fingerprint_model
+from shieldkit.utils.fingerprint import RunManifest, fingerprint_model
 from shieldkit.utils.io import load_tensors, read_json
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
@@ -183,7 +184,7 @@ def synthesize(teacher: nn.Module, out_dir: str | Path, cfg: SynthesisConfig, *,
     mean = getattr(teacher, "mean", torch.zeros(1, image_shape[0], 1, 1)).to(device)
     std = getattr(teacher, "std", torch.ones(1, image_shape[0], 1, 1)).to(device)
 
-    check_finite_teacher(teacher)
+    check_finite_weights(teacher, "teacher")
     manifest = {"config": cfg.to_dict(), "num_classes": num_classes, "image_shape": list(image_shape),
                 "teacher": card.to_dict() if card else None, "num_shards": cfg.num_shards}
     fps = {"teacher": fingerprint_model(teacher), "synthesis": cfg.to_dict(), "num_classes": num_classes,

@@ -153,16 +153,6 @@ def fingerprint_synthetic(syn_or_manifest: Any) -> str:
     return fingerprint_config({"shards": manifest.get("shards"), "config": manifest.get("config")})
 
 
-def teacher_has_finite_weights(model: Any) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if torch.is_floating_point(t))
-
-
-def check_finite_teacher(model: Any, what: str = "teacher") -> None:
-    if not teacher_has_finite_weights(model):
-        raise IntegrityError(f"{what}: weights contain NaN or Inf values; refusing to use it",
-                             hint="re-train or re-import the model")
-
-
 # ----------------------------------------------------------------------------- run manifest
 def _short(v: Any) -> str:
     if v is None:
