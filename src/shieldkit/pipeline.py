@@ -25,6 +25,7 @@ from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.basic import evaluate_basic, stratified_positions
 from shieldkit.models import NormalizedClassifier, create_model, load_model, save_model
 from shieldkit.models.checks import check_finite_weights
+from shieldkit.reporting.shield_report import SYNTHETIC_LABEL as _SYNTHETIC_LABEL
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
 from shieldkit.synthesis.losses import BNStatistics
 from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
@@ -112,23 +113,37 @@ def ensure_teacher(path: str | Path, data: str = "mnist5k", arch: str = "mnist_c
 def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig, *, test_data=None,
            device: str | torch.device = "cpu", progress: bool = True, evaluate_teacher: bool = True,
            overwrite: bool = False, report: bool = False, teacher_file: str | Path | None = None,
-           title: str | None = None) -> dict:
+           title: str | None = None, synthetic_eval: bool = False) -> dict:
     """DataFreeShield on ``teacher``: synthesize (DSS) → robust training (L_DFShield, GradRefine) →
     evaluate teacher and shielded model on real ``test_data`` (evaluation only — never training or
     checkpoint selection) and audit each evaluation (:func:`audit_basic`). Returns the results dict
     (also written to ``run_dir/results.json``).
 
+    ``synthetic_eval=True`` is the label-free mode (``shieldkit shield --no-eval``, or no dataset known):
+    no ``test_data``; teacher and shielded model are evaluated and audited on a *held-out* synthetic set
+    (:func:`heldout_synthesis_config`: another seed, so other shards than the training set's) with the
+    teacher's predictions as labels. Those figures go under ``results["synthetic_eval"]``, labelled
+    :data:`SYNTHETIC_LABEL`; no real-data row (``teacher`` / ``shielded``) exists and ``trustworthy`` is False.
+
     ``report=True`` (what ``shieldkit shield`` does) then writes ``model_card.json`` and ``report.html``
     (:func:`write_shield_outputs`; ``teacher_file`` is the teacher's weights path, for its sha256)."""
+    from shieldkit.errors import InputError
+
+    if synthetic_eval and test_data is not None:
+        raise InputError("label-free mode (synthetic_eval / --no-eval) evaluates on held-out synthetic samples: "
+                         "a real test set was given too", hint="drop --no-eval to evaluate on the real test set, "
+                                                               "or drop --data")
     run = Path(run_dir)
     BNStatistics(teacher)  # refuse a BN-less or non-finite teacher before anything is written
     check_finite_weights(teacher, "teacher")
     t_fp = fingerprint_model(teacher)
+    eval_fp = (fingerprint_dataset(test_data) if test_data is not None
+               else {"synthetic_heldout": heldout_synthesis_config(cfg).to_dict()} if synthetic_eval else None)
     fps = {"teacher": t_fp, "synthesis": cfg.synthesis.to_dict(), "training": cfg.training.to_dict(),
-           "evaluation": cfg.evaluation, "eval_data": None if test_data is None else fingerprint_dataset(test_data)}
+           "evaluation": cfg.evaluation, "eval_data": eval_fp}
     status = RunManifest.check_or_init(run, fps, overwrite)
     try:
-        results = _shield(teacher, run, cfg, t_fp, test_data, device, progress, evaluate_teacher)
+        results = _shield(teacher, run, cfg, t_fp, test_data, device, progress, evaluate_teacher, synthetic_eval)
     except BaseException:
         if status == "fresh":
             RunManifest.discard_if_unused(run)
@@ -139,6 +154,29 @@ def shield(teacher: NormalizedClassifier, run_dir: str | Path, cfg: ShieldConfig
         for name in ("model_card", "report"):
             (run / OUTPUT_NAMES[name]).unlink(missing_ok=True)
     return results
+
+
+def resolve_eval_data(teacher: NormalizedClassifier, data: str | None, data_root: str | None, *,
+                      no_eval: bool = False):  # noqa: ANN201
+    """What ``shieldkit shield`` evaluates on: ``(real test set, None)``, or ``(None, why)`` for the label-free
+    mode — ``no_eval`` (``--no-eval``), or no ``data`` and the teacher's card names no dataset shieldkit has
+    a loader for. A registered dataset that cannot be read (a local one without ``data_root``) is an error,
+    not a silent switch to synthetic evaluation."""
+    from shieldkit.data.registry import DATASETS
+    from shieldkit.data.validate import check_dataset
+    from shieldkit.errors import InputError
+
+    if no_eval:
+        if data is not None:
+            raise InputError(f"--no-eval and --data {data}: label-free mode evaluates on held-out synthetic "
+                             "samples, not on a real test set", hint="drop one of the two")
+        return None, "--no-eval"
+    name = data or teacher.card.dataset or None
+    if name is None or (data is None and name not in DATASETS):
+        what = "names no dataset" if name is None else f"names dataset {name!r}, which shieldkit has no loader for"
+        return None, f"no --data and the teacher's card {what}"
+    check_dataset(name, data_root, flag="--data" if data else "the teacher card's dataset")
+    return load_dataset(name, "test", root=data_root), None
 
 
 OUTPUT_NAMES = {"model": "shielded.safetensors", "results": "results.json", "model_card": "model_card.json",
@@ -193,7 +231,7 @@ def write_shield_outputs(run_dir: str | Path, results: dict, teacher: Normalized
 
 
 def _shield(teacher: NormalizedClassifier, run: Path, cfg: ShieldConfig, t_fp: str, test_data, device,
-            progress: bool, evaluate_teacher: bool) -> dict:  # noqa: ANN001
+            progress: bool, evaluate_teacher: bool, synthetic_eval: bool = False) -> dict:  # noqa: ANN001
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     synthesize(teacher, run / "synthetic", cfg.synthesis, device=device, progress=progress)
@@ -215,30 +253,118 @@ def _shield(teacher: NormalizedClassifier, run: Path, cfg: ShieldConfig, t_fp: s
 
     results: dict = {"synthesis": {"n_samples": len(syn), **syn.throughput(), "config": cfg.synthesis.to_dict()},
                      "training": cfg.training.to_dict()}
+    models = {"teacher": teacher} if evaluate_teacher else {}
+    models["shielded"] = student
     if test_data is not None:
-        e = cfg.evaluation
-        kw = dict(norm=cfg.training.norm, eps=cfg.training.eps, n=e.n, seed=e.seed, pgd_steps=e.pgd_steps,
-                  aa_version=e.aa_version, aa_n=e.aa_n, device=device)
-        rows = {"teacher": teacher} if evaluate_teacher else {}
-        rows["shielded"] = student
-        t_eval = t_audit = 0.0
-        for key, model in rows.items():
-            eval_mode = A.check_eval_mode(model)  # as handed over: evaluate_basic switches to eval mode
-            t0 = time.perf_counter()
-            results[key] = evaluate_basic(model, test_data, **kw)
-            t_eval += time.perf_counter() - t0
-            t0 = time.perf_counter()
-            results[key].update(audit_basic(model, test_data, results[key], eval_mode=eval_mode, device=device))
-            t_audit += time.perf_counter() - t0
-        timings["evaluation"] = t_eval
-        timings["audit"] = t_audit
+        results.update(_evaluate_rows(models, test_data, cfg, device, timings))
         results["headline"] = results["shielded"]["headline"]
         results["valid"] = results["shielded"]["valid"]
         results["trustworthy"] = results["shielded"]["trustworthy"]
+    elif synthetic_eval:
+        results["synthetic_eval"] = _evaluate_synthetic(teacher, models, run, cfg, device, progress, timings)
+        results["headline"] = results["synthetic_eval"]["headline"]
+        results["valid"] = False  # no real-data evaluation was made: nothing about real data to validate
+        results["trustworthy"] = False
     results["seconds"] = timings
     results["provenance"] = provenance()
     atomic_write_json(run / "results.json", results)
     return results
+
+
+def _evaluate_rows(models: dict[str, NormalizedClassifier], data, cfg: ShieldConfig, device,  # noqa: ANN001
+                   timings: dict[str, float], stage: str = "") -> dict[str, dict]:
+    """:func:`evaluate_basic` + :func:`audit_basic` of each model on ``data``; adds the wall times to
+    ``timings`` (``evaluation`` / ``audit``, prefixed by ``stage``)."""
+    e = cfg.evaluation
+    kw = dict(norm=cfg.training.norm, eps=cfg.training.eps, n=e.n, seed=e.seed, pgd_steps=e.pgd_steps,
+              aa_version=e.aa_version, aa_n=e.aa_n, device=device)
+    rows: dict[str, dict] = {}
+    t_eval = t_audit = 0.0
+    for key, model in models.items():
+        eval_mode = A.check_eval_mode(model)  # as handed over: evaluate_basic switches to eval mode
+        t0 = time.perf_counter()
+        rows[key] = evaluate_basic(model, data, **kw)
+        t_eval += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rows[key].update(audit_basic(model, data, rows[key], eval_mode=eval_mode, device=device))
+        t_audit += time.perf_counter() - t0
+    timings[stage + "evaluation"] = t_eval
+    timings[stage + "audit"] = t_audit
+    return rows
+
+
+SYNTHETIC_LABEL = _SYNTHETIC_LABEL  # how every synthetic figure is labelled (console, report, card, results)
+HELDOUT_DIR = "heldout_synthetic"
+
+
+def heldout_synthesis_config(cfg: ShieldConfig) -> SynthesisConfig:
+    """The label-free mode's evaluation set: the training synthesis settings with ``evaluation.n``
+    samples and a seed derived from (training seed, "heldout"), so every shard's randomness
+    (``derive_seed(seed, "shard", i)``) differs from every training shard's — never the training set."""
+    from dataclasses import replace
+
+    from shieldkit.utils.seed import derive_seed
+
+    s, n = cfg.synthesis, cfg.evaluation.n
+    return replace(s, n_samples=n, batch_size=min(s.batch_size, n), seed=derive_seed(s.seed, "heldout") % 2**31)
+
+
+def synthetic_headline(row: dict) -> str:
+    """A synthetic row's headline: labelled, and never "trustworthy" (that word is for real data)."""
+    r = row["robust"]
+    if not row.get("valid", False):
+        audit = "the audit found the measurement INVALID (" + "; ".join(A.invalid_reasons(row["audit"]))[:200] + ")"
+    elif not row.get("audit_trustworthy", row.get("trustworthy", False)):
+        audit = "audit check(s) FAILED: " + ", ".join(c["name"] for c in row["audit"] if c["verdict"] == A.FAIL)
+    elif warns := [c["name"] for c in row["audit"] if c["verdict"] == A.WARN]:
+        audit = f"the measurement passes the audit on these samples with caveats ({', '.join(warns)})"
+    else:
+        audit = f"the measurement passes all {len(row['audit'])} audit checks on these samples"
+    return (f"SYNTHETIC — not a claim about real data: on {r['n']} held-out synthetic samples labelled by the "
+            f"teacher, robust accuracy {r['acc']:.1%} (95% CI {r['ci'][0]:.1%}–{r['ci'][1]:.1%}); {audit}.")
+
+
+def _teacher_labels(teacher: NormalizedClassifier, x: torch.Tensor, device, batch: int = 250  # noqa: ANN001
+                    ) -> torch.Tensor:
+    """The teacher's predictions in eval mode (its train/eval flag is restored: the audit checks it as handed over)."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        with torch.no_grad():
+            return torch.cat([teacher(x[i:i + batch].to(device)).argmax(1).cpu() for i in range(0, len(x), batch)])
+    finally:
+        teacher.train(was_training)
+
+
+def _evaluate_synthetic(teacher: NormalizedClassifier, models: dict[str, NormalizedClassifier], run: Path,
+                        cfg: ShieldConfig, device, progress: bool, timings: dict[str, float]) -> dict:  # noqa: ANN001
+    """Label-free mode: synthesise the held-out set (resumable, under ``run/heldout_synthetic``), label
+    it with the teacher's predictions (argmax of its logits on the saved images) and evaluate + audit
+    every model on it. Each row's ``headline`` is :func:`synthetic_headline`, its ``trustworthy`` False
+    (the audit's own verdict is kept as ``audit_trustworthy``)."""
+    from shieldkit.data.base import ImageDataset
+
+    hcfg = heldout_synthesis_config(cfg)
+    t0 = time.perf_counter()
+    synthesize(teacher, run / HELDOUT_DIR, hcfg, device=device, progress=progress)
+    held = load_synthetic(run / HELDOUT_DIR)
+    timings["held-out synthesis"] = time.perf_counter() - t0
+    classes = list(teacher.card.classes or [str(i) for i in range(teacher.card.num_classes)])
+    labels = _teacher_labels(teacher, held.x, device)
+    data = ImageDataset(held.x, labels, classes, name="synthetic-heldout")
+    rows = _evaluate_rows(models, data, cfg, device, timings, stage="synthetic ")
+    for row in rows.values():
+        row["audit_trustworthy"] = row["trustworthy"]  # the measurement's audit verdict, on synthetic samples
+        row["trustworthy"] = False  # "trustworthy" is a claim about real data
+        row["headline"] = synthetic_headline(row)
+        row["synthetic"] = True
+    agree = float((labels == held.y).float().mean())
+    return {"label": SYNTHETIC_LABEL, **rows, "headline": rows["shielded"]["headline"],
+            "data": {"name": "synthetic-heldout", "folder": HELDOUT_DIR, "n_samples": len(held),
+                     "seed": hcfg.seed, "training_seed": cfg.synthesis.seed, "iterations": hcfg.iterations,
+                     "labels": "the teacher's prediction on each held-out image (teacher clean accuracy is 100 % "
+                               "by construction)", "assigned_label_agreement": agree,
+                     "disjoint_from_training": "synthesised with another seed: no training sample is reused"}}
 
 
 AUDIT_PROBE = 64  # points of the evaluated subset used by the per-model probes (softmax, randomness, gradients)

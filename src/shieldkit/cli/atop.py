@@ -14,8 +14,12 @@ from pathlib import Path
 
 import typer
 
+from shieldkit.cli.common import EPS_HELP_DATA
 
-def _training_images(data: str | None, synthetic: Path | None):  # noqa: ANN202
+DATA_ROOT_HELP = "root folder for local datasets (cifar10, svhn, MedMNIST, imagefolder)"
+
+
+def _training_images(data: str | None, synthetic: Path | None, data_root: str | None = None):  # noqa: ANN202
     """(x, y) from a dataset's training split, or a synthetic set labelled by the teacher's arg-max."""
     if (data is None) == (synthetic is None):
         raise typer.BadParameter("give exactly one of --data or --synthetic")
@@ -26,7 +30,7 @@ def _training_images(data: str | None, synthetic: Path | None):  # noqa: ANN202
         return s.x, s.t_logits.argmax(1)
     from shieldkit.data import load_dataset
 
-    ds = load_dataset(data, "train")
+    ds = load_dataset(data, "train", root=data_root)
     return ds.x, ds.y
 
 
@@ -39,6 +43,7 @@ def register(app: typer.Typer) -> None:
     def pretrain_cmd(
         out: Path = typer.Option(..., "--out", "-o", help="output directory (purifier.pt, checkpoints)"),
         data: str | None = typer.Option(None, "--data", "-d", help="real training images (dataset name)"),
+        data_root: str | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
         synthetic: Path | None = typer.Option(None, "--synthetic", help="DataFreeShield synthetic set directory"),
         transform: str = typer.Option("rt2", "--transform", help="rt1 | rt2 | rt3"),
         purifier: str = typer.Option("gated", "--purifier", help="gated (GAN, L_df) | ae (L_mae)"),
@@ -64,10 +69,10 @@ def register(app: typer.Typer) -> None:
             v.check_positive_int(value, flag)
         v.check_positive_float(lr, "--lr")
         v.check_nonnegative_float(adv_weight, "--adv-weight")
-        v.check_dataset(data)
+        v.check_dataset(data, data_root)
         v.check_existing_dir(synthetic, "--synthetic")
         v.resolve_device(device)
-        x, _ = _training_images(data, synthetic)
+        x, _ = _training_images(data, synthetic, data_root)
         x = x[:n] if n else x
         pcfg = PurifierConfig(kind=purifier, channels=int(x.shape[1]), width=width, refine=refine)
         _, _, hist = pretrain_purifier(x, TransformConfig(kind=transform), pcfg,
@@ -81,8 +86,9 @@ def register(app: typer.Typer) -> None:
         purifier: Path = typer.Option(..., "--purifier", "-p", help="pre-trained purifier.pt"),
         out: Path = typer.Option(..., "--out", "-o"),
         data: str | None = typer.Option(None, "--data", "-d"),
+        data_root: str | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
         synthetic: Path | None = typer.Option(None, "--synthetic", help="synthetic set (teacher pseudo-labels)"),
-        eps: str = typer.Option("0.2", "--eps"),
+        eps: str | None = typer.Option(None, "--eps", help=f"ℓ∞ {EPS_HELP_DATA}"),
         epochs: int = typer.Option(1, "--epochs"),
         lam: float = typer.Option(0.1, "--lam", help="λ of Eq 5"),
         attack_steps: int = typer.Option(1, "--attack-steps", help="1 = FGSM (§4.1), >1 = PGD"),
@@ -94,7 +100,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """AToP fine-tuning (Eq 5, 9; Algorithm 1) against the full pipeline, classifier frozen."""
-        from shieldkit.cli.common import console, parse_eps
+        from shieldkit.cli.common import console, resolve_threat_model
         from shieldkit.defenses.atop import FinetuneConfig, finetune_purifier, load_purifier
         from shieldkit.models import load_model
         from shieldkit.utils import validate as v
@@ -103,17 +109,19 @@ def register(app: typer.Typer) -> None:
         v.check_model_path(model, "--model")
         v.check_existing_file(purifier, "--purifier")
         v.check_out_dir(out)
-        v.check_eps(eps, "linf")
+        if eps is not None:
+            v.check_eps(eps, "linf")
         for value, flag in ((epochs, "--epochs"), (attack_steps, "--attack-steps"), (eot, "--eot")) + (
                 ((n, "--n"),) if n is not None else ()):
             v.check_positive_int(value, flag)
         v.check_positive_float(lr, "--lr")
         v.check_nonnegative_float(lam, "--lam")
         v.check_nonnegative_float(adv_weight, "--adv-weight")
-        v.check_dataset(data)
+        v.check_dataset(data, data_root)
         v.check_existing_dir(synthetic, "--synthetic")
         dev = resolve_device(device)
-        x, y = _training_images(data, synthetic)
+        e = resolve_threat_model(eps, "linf", model=model, data=data).eps
+        x, y = _training_images(data, synthetic, data_root)
         x, y = (x[:n], y[:n]) if n else (x, y)
         net, pcfg, tcfg, ck = load_purifier(purifier, dev)
         disc = None
@@ -122,7 +130,7 @@ def register(app: typer.Typer) -> None:
 
             disc = PatchDiscriminator(pcfg.channels)
             disc.load_state_dict(ck["discriminator"])
-        cfg = FinetuneConfig(epochs=epochs, lam=lam, eps=parse_eps(eps), attack_steps=attack_steps,
+        cfg = FinetuneConfig(epochs=epochs, lam=lam, eps=e, attack_steps=attack_steps,
                              eot_samples=eot, lr=lr, adv_weight=adv_weight, seed=seed)
         _, hist = finetune_purifier(load_model(model), net, pcfg, tcfg, x, y, cfg, discriminator=disc,
                                     out_dir=out, device=dev)
@@ -133,8 +141,9 @@ def register(app: typer.Typer) -> None:
         model: Path = typer.Option(..., "--model", "-m"),
         purifier: Path = typer.Option(..., "--purifier", "-p"),
         data: str = typer.Option(..., "--data", "-d"),
-        n: int = typer.Option(100, "--n"),
-        eps: str = typer.Option("0.2", "--eps"),
+        data_root: str | None = typer.Option(None, "--data-root", help=DATA_ROOT_HELP),
+        n: int = typer.Option(100, "--n", help="number of test points (stratified seeded subset)"),
+        eps: str | None = typer.Option(None, "--eps", help=f"ℓ∞ {EPS_HELP_DATA}"),
         eot: int = typer.Option(4, "--eot"),
         pgd_steps: int = typer.Option(10, "--pgd-steps"),
         attacks: str = typer.Option("clean,fgsm,pgd_eot,bpda_eot,cw,autoattack_rand", "--attacks",
@@ -146,7 +155,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device"),
     ) -> None:
         """Evaluate the defended pipeline with EOT / BPDA+EOT / AutoAttack-rand (and unseen attacks)."""
-        from shieldkit.cli.common import console, parse_eps
+        from shieldkit.cli.common import console, resolve_threat_model
         from shieldkit.data import load_dataset
         from shieldkit.defenses.atop import load_pipeline
         from shieldkit.evaluation.atop import AToPEvalConfig, evaluate_pipeline
@@ -157,16 +166,18 @@ def register(app: typer.Typer) -> None:
 
         v.check_model_path(model, "--model")
         v.check_existing_file(purifier, "--purifier")
-        v.check_dataset(data)
-        v.check_eps(eps, "linf")
+        v.check_dataset(data, data_root)
+        if eps is not None:
+            v.check_eps(eps, "linf")
         for value, flag in ((n, "--n"), (eot, "--eot"), (pgd_steps, "--pgd-steps")):
             v.check_positive_int(value, flag)
         v.check_out_file(out)
         dev = resolve_device(device)
+        e = resolve_threat_model(eps, "linf", model=model, data=data).eps
         pipe = load_pipeline(purifier, load_model(model), dev)
-        test = load_dataset(data, "test").subset(n, seed=seed)
+        test = load_dataset(data, "test", root=data_root).subset(n, seed=seed)
         extra = {"aa_iters": None, "aa_eot": None} if full_autoattack else {}
-        cfg = AToPEvalConfig(eps=parse_eps(eps), eot=eot, pgd_steps=pgd_steps,
+        cfg = AToPEvalConfig(eps=e, eot=eot, pgd_steps=pgd_steps,
                              attacks=tuple(a.strip() for a in attacks.split(",") if a.strip()), seed=seed, **extra)
         res = evaluate_pipeline(pipe, test.x, test.y, cfg, device=dev, log=True)
         console.print(f"worst case over ℓ∞ attacks: {res['worst_case_linf']['acc']:.3f} (n={res['n']})")

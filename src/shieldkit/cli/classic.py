@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from shieldkit.cli.common import console, parse_eps
+from shieldkit.cli.common import EPS_HELP_DATA, alias_value, console, parse_eps, resolve_threat_model
 
 TRAIN_METHODS = ("pgd_at", "std", "trades", "mart", "fgsm_at", "alp", "clp", "vat", "dynamic_at", "igr",
                  "mmc", "gaussian_aug", "distillation")
@@ -31,12 +31,14 @@ def _parse_kwargs(items: list[str]) -> dict:
 def register(app: typer.Typer) -> None:
     @app.command("train")
     def train(
+        ctx: typer.Context,
         method: str = typer.Option(..., help=f"one of: {', '.join(TRAIN_METHODS)}"),
         data: str = typer.Option("mnist5k", help="registry dataset (real labels are used)"),
+        data_root: str | None = typer.Option(None, "--data-root", help="root folder for local datasets"),
         out: Path = typer.Option(..., help="output directory (checkpoint, model, history); resumable"),
         arch: str = typer.Option("mnist_cnn", help="architecture when training from scratch"),
         init: Path | None = typer.Option(None, help="start from this pretrained model (fine-tuning)"),
-        eps: str = typer.Option("0.2", help="attack budget, e.g. 0.2 or 8/255"),
+        eps: str | None = typer.Option(None, help=EPS_HELP_DATA),
         norm: str = typer.Option("linf"),
         epochs: int = typer.Option(10),
         steps: int = typer.Option(10, help="inner PGD steps"),
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
         lr: float = typer.Option(0.05),
         kw: list[str] = typer.Option([], help="objective kwargs key=value (beta=6, lam=0.5, sigma=0.25, …)"),
         temperature: float = typer.Option(100.0, help="defensive distillation temperature T"),
-        eval_n: int = typer.Option(200, help="test points for the final clean/PGD-20 check (0: skip)"),
+        eval_n: int = typer.Option(200, "--n", help="test points for the final clean/PGD-20 check (0: skip)"),
+        eval_n_old: int | None = typer.Option(None, "--eval-n", hidden=True, help="old spelling of --n"),
         seed: int = typer.Option(0),
         device: str = typer.Option("auto"),
     ) -> None:
@@ -62,23 +65,26 @@ def register(app: typer.Typer) -> None:
         from shieldkit.utils.io import atomic_write_json
 
         v.check_choice(method, TRAIN_METHODS, "--method")
-        v.check_dataset(data)
+        v.check_dataset(data, data_root)
         v.check_out_dir(out)
         if init is not None:
             v.check_model_path(init, "--init")
-        v.check_eps(eps, norm)
+        v.check_norm(norm)
+        if eps is not None:
+            v.check_eps(eps, norm)
         if alpha is not None:
             v.check_positive_float(parse_eps(alpha, "--alpha"), "--alpha")
         for value, flag in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
             v.check_positive_int(value, flag)
         v.check_positive_float(lr, "--lr")
         v.check_positive_float(temperature, "--temperature")
-        v.check_nonnegative_int(eval_n, "--eval-n")
+        eval_n, n_flag = alias_value(ctx, "eval_n", eval_n, eval_n_old, "--n", "--eval-n")
+        v.check_nonnegative_int(eval_n, n_flag)
         v.check_choice(start, ("uniform", "normal"), "--start")
         _parse_kwargs(kw)
         dev = resolve_device(device)
-        e = parse_eps(eps)
-        train_set, test_set = load_dataset(data, "train"), load_dataset(data, "test")
+        e = resolve_threat_model(eps, norm, model=init, data=data).eps
+        train_set, test_set = load_dataset(data, "train", root=data_root), load_dataset(data, "test", root=data_root)
         c, h = train_set.x.shape[1], train_set.x.shape[2]
         ncls = len(train_set.classes)
 
@@ -119,14 +125,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("certify")
     def certify(
+        ctx: typer.Context,
         model_path: Path = typer.Option(..., "--model",
                                         help="base classifier (trained with --method gaussian_aug)"),
         sigma: float = typer.Option(..., help="Gaussian noise level σ the base classifier was trained with"),
         data: str = typer.Option("mnist5k"),
+        data_root: str | None = typer.Option(None, "--data-root", help="root folder for local datasets"),
         split: str = typer.Option("test"),
-        points: int = typer.Option(100, help="number of test points (fixed stratified subset)"),
+        points: int = typer.Option(100, "--n", help="number of test points (fixed stratified subset)"),
+        points_old: int | None = typer.Option(None, "--points", hidden=True, help="old spelling of --n"),
         n0: int = typer.Option(100, help="selection samples"),
-        n: int = typer.Option(1000, help="estimation samples"),
+        n: int = typer.Option(1000, "--n-samples", help="Monte-Carlo estimation samples per point (Cohen et al.'s "
+                                                        "n; before issue 15 this flag was --n)"),
         alpha: float = typer.Option(0.001, help="failure probability"),
         radii: str = typer.Option("0.25,0.5,1.0"),
         out: Path | None = typer.Option(None, help="write per-point certificates and the curve as JSON"),
@@ -148,17 +158,18 @@ def register(app: typer.Typer) -> None:
         from shieldkit.utils.io import atomic_write_json
 
         v.check_positive_float(sigma, "--sigma")
-        for value, flag in ((points, "--points"), (n0, "--n0"), (n, "--n")):
+        points, points_flag = alias_value(ctx, "points", points, points_old, "--n", "--points")
+        for value, flag in ((points, points_flag), (n0, "--n0"), (n, "--n-samples")):
             v.check_positive_int(value, flag)
         v.check_fraction(alpha, "--alpha")
         rs = v.parse_float_list(radii, "--radii")
         v.check_choice(split, ("train", "test"), "--split")
-        v.check_dataset(data)
+        v.check_dataset(data, data_root)
         v.check_model_path(model_path, "--model")
         v.check_out_file(out)
         dev = resolve_device(device)
         model = load_model(model_path, device=str(dev))
-        ds = load_dataset(data, split).subset(points, seed=seed)
+        ds = load_dataset(data, split, root=data_root).subset(points, seed=seed)
         v.check_model_fits_data(model, ds, data_name=data)
         smooth = Smooth(model, len(ds.classes), sigma, device=dev)
         recs = certify_dataset(smooth, ds.x, ds.y, n0=n0, n=n, alpha=alpha, seed=seed)
@@ -166,7 +177,7 @@ def register(app: typer.Typer) -> None:
         for r, a in acc.items():
             console.print(f"certified accuracy at ℓ2 radius {r:g}: {a:.1%}")
         rmax = max_certifiable_radius(sigma, n, alpha)
-        console.print(f"({len(recs)} points, n0={n0}, n={n}, α={alpha}; "
+        console.print(f"({len(recs)} points, n0={n0}, n-samples={n}, α={alpha}; "
                       f"largest certifiable radius {rmax:.2f})")
         if out is not None:
             atomic_write_json(out, {"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "points": len(recs),

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from shieldkit.cli.common import console, parse_eps
+from shieldkit.cli.common import EPS_HELP, apply_quick, console, resolve_threat_model
 from shieldkit.config import config_option
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
@@ -110,7 +110,7 @@ def train_synthetic(
     out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumable)")],
     config: Config = None,
     objective: str = "dfshield",
-    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "0.2",
+    eps: Annotated[str | None, typer.Option(help=EPS_HELP)] = None,
     norm: str = "linf",
     epochs: int = 30,
     lr: float = 0.01,
@@ -130,15 +130,18 @@ def train_synthetic(
     v.check_model_path(teacher_path, "--teacher")
     v.check_existing_dir(synthetic, "--synthetic")
     v.check_out_dir(out)
-    v.check_eps(eps, norm)
+    v.check_norm(norm)
+    if eps is not None:
+        v.check_eps(eps, norm)
     for value, flag in ((epochs, "--epochs"), (batch_size, "--batch-size"), (grad_refine, "--grad-refine")):
         v.check_positive_int(value, flag)
     v.check_positive_float(lr, "--lr")
     v.check_fraction(tau, "--tau", closed=True)
     dev = v.resolve_device(device)
+    e = resolve_threat_model(eps, norm, model=teacher_path, ctx=ctx).eps
     t = load_model(teacher_path, device=str(dev))
     syn = load_synthetic(synthetic)
-    cfg = RobustTrainConfig(objective=objective, eps=parse_eps(eps), norm=norm, epochs=epochs, lr=lr,
+    cfg = RobustTrainConfig(objective=objective, eps=e, norm=norm, epochs=epochs, lr=lr,
                             batch_size=batch_size, grad_refine_batches=grad_refine, tau=tau, seed=seed)
     from shieldkit.utils.fingerprint import fingerprint_model, fingerprint_synthetic
 
@@ -160,16 +163,22 @@ def shield_cmd(
                                                      "preset name such as paper/cifar10-resnet20-linf4")] = None,
     data: Annotated[str | None, typer.Option(help="real test set for evaluation only (default: teacher's)")] = None,
     data_root: str | None = None,
-    quick: Annotated[bool, typer.Option(help="~2-minute smoke run")] = False,
-    eps: Annotated[str | None, typer.Option(help="ε (default: preset's)")] = None,
+    quick: Annotated[bool, typer.Option(help="~2-minute smoke run; with --config: the config's method and ε at the "
+                                             "quick run's sizes (see cli.common.apply_quick)")] = False,
+    no_eval: Annotated[bool, typer.Option("--no-eval", help="label-free mode (automatic when no dataset is "
+                                          "known): report on held-out synthetic samples labelled by the teacher — "
+                                          "synthetic, not a claim about real data")] = False,
+    eps: Annotated[str | None, typer.Option(help="ε, e.g. 0.1 or 8/255 (default: the --config file's, else the "
+                                            "threat model of the teacher card's dataset / --data — ℓ∞ 0.1 for "
+                                            "mnist5k/digits, 8/255 for CIFAR/SVHN/MedMNIST)")] = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """DataFreeShield end to end: synthesize → train → evaluate + audit, on a given teacher. Writes the
-    shielded model, results.json, model_card.json and report.html into --out and prints their paths."""
-    from shieldkit.data import load_dataset
+    """The main job: shield your model — DataFreeShield synthesize → train → evaluate + audit, no training data
+    needed. Writes the shielded model, results.json, model_card.json and report.html into --out and prints
+    their paths."""
     from shieldkit.models import load_model
-    from shieldkit.pipeline import demo_config, print_outputs, shield, shield_outputs
+    from shieldkit.pipeline import demo_config, print_outputs, resolve_eval_data, shield, shield_outputs
     from shieldkit.reporting.demo_report import print_summary
     from shieldkit.utils import validate as v
 
@@ -182,14 +191,23 @@ def shield_cmd(
     t = load_model(teacher_path, device=str(dev))
     from shieldkit.config import load_config, resolved_config, save_run_metadata, shield_config
 
-    cfg = shield_config(load_config(config)) if config else demo_config(quick=quick)
-    if eps is not None:
-        cfg.training.eps = parse_eps(eps)
-    v.check_eps(cfg.training.eps, cfg.training.norm)
-    if not (data or t.card.dataset):
-        raise typer.BadParameter("the teacher's card names no dataset: pass --data for the real test set")
-    test = load_dataset(data or t.card.dataset, "test", root=data_root)
-    res = shield(t, out, cfg, test_data=test, device=dev, overwrite=overwrite, report=True, teacher_file=teacher_path)
+    file_cfg = load_config(config) if config else {}
+    cfg = shield_config(file_cfg) if config else demo_config(quick=quick)
+    if config and quick:
+        changes = apply_quick(cfg)
+        console.print(f"--quick on --config {config}: " + (", ".join(changes) or "nothing to cap (the config is "
+                                                                                "no larger than the quick run)"),
+                      highlight=False, soft_wrap=True)
+    file_eps = (file_cfg.get("training") or {}).get("eps")
+    cfg.training.eps = resolve_threat_model(eps if eps is not None else file_eps, cfg.training.norm, model=t,
+                                            data=data, config=str(config) if eps is None and file_eps is not None
+                                            else None).eps
+    test, label_free = resolve_eval_data(t, data, data_root, no_eval=no_eval)
+    if label_free:
+        console.print(f"label-free mode ({label_free}): evaluating on held-out synthetic samples — synthetic, "
+                      "not a claim about real data", highlight=False, soft_wrap=True)
+    res = shield(t, out, cfg, test_data=test, device=dev, overwrite=overwrite, report=True, teacher_file=teacher_path,
+                 synthetic_eval=test is None)
     save_run_metadata(out, {"shield": cfg, "cli": resolved_config(ctx)}, cfg.synthesis.seed)  # after the work
     print_summary(res, console)
     print_outputs(shield_outputs(out), console)
@@ -201,7 +219,9 @@ def demo(
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
-    """The main job: MNIST-5k teacher → DataFreeShield → before/after table, model_card.json and report.html."""
+    """Canned walkthrough on MNIST-5k: trains a teacher, then runs `shield` on it (report.html, model_card.json).
+
+    `shield` is the main job on your own model; `demo` shows it end to end with nothing to bring."""
     from shieldkit.pipeline import run_demo
     from shieldkit.utils.device import resolve_device
     from shieldkit.utils.validate import check_out_dir

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import typer
 
+from shieldkit.cli.common import EPS_HELP_DATA
+
 PREPROCESSORS_HELP = (
     "non-differentiable input processing in front of the model, attacked with BPDA: "
     "'quantize:K' (round to K+1 grey levels)"
@@ -44,12 +46,12 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         model: Path = typer.Option(
-            ..., "--model", "-m", help="model weights (.safetensors with JSON sidecar)"
+            ..., "--model", "-m", help="model: X, X.safetensors or X.json (weights + JSON sidecar)"
         ),
         data: str = typer.Option(..., "--data", "-d", help="dataset name (e.g. mnist5k)"),
         data_root: Path | None = typer.Option(None, "--data-root", help="local dataset directory"),
         norm: str = typer.Option("linf", "--norm", help="threat model: linf | l2"),
-        eps: str = typer.Option("8/255", "--eps", help="perturbation budget, e.g. 8/255 or 0.3"),
+        eps: str | None = typer.Option(None, "--eps", help=EPS_HELP_DATA),
         suite: str = typer.Option("standard", "--suite", help="quick | standard | full | query (score-based SQAs)"),
         n: int = typer.Option(1000, "--n", help="number of test points (stratified seeded subset)"),
         seed: int = typer.Option(0, "--seed"),
@@ -74,7 +76,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate robustness honestly: white-box, black-box, transfer and adaptive attacks, the
         obfuscated-gradient audit, curves, confidence intervals; JSON + HTML report."""
-        from shieldkit.cli.common import console, parse_budgets, parse_eps
+        from shieldkit.cli.common import console, parse_budgets, resolve_threat_model
         from shieldkit.data import load_dataset
         from shieldkit.evaluation.suite import SUITES, evaluate
         from shieldkit.models import load_model
@@ -82,7 +84,9 @@ def register(app: typer.Typer) -> None:
         from shieldkit.utils import validate as v
 
         v.check_choice(suite, (*SUITES, "query"), "--suite")
-        v.check_eps(eps, norm)
+        v.check_norm(norm)
+        if eps is not None:
+            v.check_eps(eps, norm)
         v.check_positive_int(n, "--n")
         v.check_positive_int(batch_size, "--batch-size")
         v.check_nonnegative_int(eot_samples, "--eot-samples")
@@ -95,6 +99,7 @@ def register(app: typer.Typer) -> None:
         v.check_out_dir(out)
         device = str(v.resolve_device(device))
         make_preprocess(preprocess)
+        e = resolve_threat_model(eps, norm, model=model, data=data).eps
         m = load_model(model)
         t = load_model(teacher) if teacher is not None else None
         test = load_dataset(data, "test", root=data_root)
@@ -102,7 +107,7 @@ def register(app: typer.Typer) -> None:
         if suite == "query":
             from shieldkit.evaluation.query import evaluate_query
 
-            res = evaluate_query(m, test, eps=parse_eps(eps), norm=norm, n=n, seed=seed, budgets=parse_budgets(budgets),
+            res = evaluate_query(m, test, eps=e, norm=norm, n=n, seed=seed, budgets=parse_budgets(budgets),
                                  device=device, out=out)
         else:
             train = None
@@ -111,7 +116,7 @@ def register(app: typer.Typer) -> None:
                     train = load_dataset(data, "train", root=data_root)
                 except (FileNotFoundError, ValueError, KeyError) as exc:
                     console.print(f"[yellow]no training split for the transfer attack: {exc}[/]")
-            res = evaluate(m, test, norm=norm, eps=parse_eps(eps), suite=suite, n=n, seed=seed, device=device,
+            res = evaluate(m, test, norm=norm, eps=e, suite=suite, n=n, seed=seed, device=device,
                            teacher=t, out=out, preprocess=make_preprocess(preprocess), eot_samples=eot_samples,
                            train_data=train, batch_size=batch_size, verbose=True)
         print_table(res, console)

@@ -57,8 +57,32 @@ def error_lines(exc: BaseException) -> tuple[list[str], int]:
             "re-run with --debug for the traceback"], 1
 
 
+# ``--help`` lists commands in workflow order: your model in, shielded, evaluated, exported; then the
+# stage-by-stage commands, the other defences, scale-out, and the canned demo. Unlisted commands follow.
+WORKFLOW_ORDER = ("import-model", "shield", "evaluate", "export", "teacher", "synthesize", "train-synthetic",
+                  "train", "certify", "sqa", "atop", "dist-train", "dist-evaluate", "bench", "demo")
+
+
 class ShieldkitGroup(TyperGroup):
-    """The root command group: click/typer as usual, plus the single top-level error handler."""
+    """The root command group: click/typer as usual, plus the single top-level error handler, commands
+    listed in :data:`WORKFLOW_ORDER`, and per-attack progress lines from ``evaluate_basic`` while a
+    command runs (``shield``/``demo`` call it through the pipeline; the Python API stays quiet)."""
+
+    def list_commands(self, ctx):  # noqa: ANN001, ANN201
+        names = super().list_commands(ctx)
+        rank = {n: i for i, n in enumerate(WORKFLOW_ORDER)}
+        return sorted(names, key=lambda n: (rank.get(n, len(rank)), names.index(n)))
+
+    def invoke(self, ctx):  # noqa: ANN001, ANN201
+        """Run the subcommand with ``evaluate_basic``'s progress lines on (restored afterwards). Here, not in
+        :meth:`main`: ``--help``/``--version`` exit before, without importing the evaluation stack."""
+        from shieldkit.evaluation.basic import set_default_progress
+
+        previous = set_default_progress(True)
+        try:
+            return super().invoke(ctx)
+        finally:
+            set_default_progress(previous)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
         _STATE["debug"] = False
@@ -92,7 +116,8 @@ class ShieldkitGroup(TyperGroup):
 
 app = typer.Typer(cls=ShieldkitGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   pretty_exceptions_show_locals=False,
-                  help="shieldkit: data-free adversarial robustness and evaluation you can trust.")
+                  help="shieldkit: data-free adversarial robustness and evaluation you can trust. Your model: "
+                       "import-model → shield → evaluate → export.")
 
 
 def _version(value: bool) -> None:
@@ -114,11 +139,12 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="print the shieldkit version and exit"),
 ) -> None:
-    """shieldkit: data-free adversarial robustness and evaluation you can trust."""
+    """shieldkit: data-free adversarial robustness and evaluation you can trust. Your model: import-model →
+    shield → evaluate → export."""
     _STATE["debug"] = debug
 
 
-# Modules contributing commands (each defines register(app)). Order = order in --help.
+# Modules contributing commands (each defines register(app)); --help orders them by WORKFLOW_ORDER.
 _COMMAND_MODULES = ("core", "evaluate", "unig", "atop", "classic", "bench", "scale", "export")
 
 for _name in _COMMAND_MODULES:

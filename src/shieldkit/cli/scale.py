@@ -14,11 +14,13 @@ flags typed on the command line override it. Models are loaded with
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from shieldkit.cli.common import EPS_HELP, EPS_HELP_DATA
 from shieldkit.config import config_option
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda (under torchrun: this rank's GPU)")]
@@ -31,6 +33,11 @@ def _floats(text: str | None) -> list[float] | None:
         return [float(t) for t in text.replace(",", " ").split()]
     except ValueError as exc:
         raise typer.BadParameter(f"expected numbers separated by commas, got {text!r}") from exc
+
+
+def _rank0() -> bool:
+    """Under torchrun only rank 0 announces (the ε line is printed before the process group exists)."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def register(app: typer.Typer) -> None:
@@ -65,8 +72,9 @@ def import_model_cmd(
                                                        help="layer whose flattened output is the features")] = None,
     check_n: Annotated[int, typer.Option(help="test points for the normalisation check (0: skip)")] = 500,
 ) -> None:
-    """Import a user's classifier (torchvision / timm / pytorchcv / TorchScript / a Python class + state_dict)
-    as a shieldkit model: [0,1] inputs with declared normalisation, head/features/BatchNorm discovery, sanity
+    """Import a user's classifier: a Python class + state_dict, torchvision / timm / pytorchcv, TorchScript.
+
+    Imported as a shieldkit model: [0,1] inputs with declared normalisation, head/features/BatchNorm discovery, sanity
     check. A TorchScript file or a Python class file is copied next to the saved weights (OUT.arch.ts /
     OUT.arch.py, sha256 in OUT.json): the saved model is self-contained and its folder can be moved."""
     import warnings
@@ -133,7 +141,7 @@ def dist_train(
     out: Annotated[Path, typer.Option(help="run directory (checkpoints; resumable)")],
     config: Annotated[Path | None, config_option()] = None,
     objective: str = "dfshield",
-    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "0.2",
+    eps: Annotated[str | None, typer.Option(help=EPS_HELP)] = None,
     epochs: int = 30,
     lr: float = 0.01,
     batch_size: int = 200,
@@ -144,7 +152,7 @@ def dist_train(
     device: Device = "auto",
 ) -> None:
     """Data-parallel robust training over torchrun ranks (GradRefine's sign agreement over all ranks)."""
-    from shieldkit.cli.common import console
+    from shieldkit.cli.common import console, resolve_threat_model
     from shieldkit.config import RobustTrainConfig, explicit_params, load_config, save_run_metadata, stage_config
     from shieldkit.distributed import dist
     from shieldkit.distributed.training import train_robust_distributed
@@ -157,16 +165,20 @@ def dist_train(
     v.check_model_path(teacher_path, "--teacher")
     v.check_existing_dir(synthetic, "--synthetic")
     v.check_out_dir(out)
-    v.check_eps(eps, "l2")  # > 0 and finite (the norm comes from the config)
+    if eps is not None:
+        v.check_eps(eps, "l2")  # > 0 and finite (the norm comes from the config)
     for value, flag in ((epochs, "--epochs"), (batch_size, "--batch-size"), (grad_refine, "--grad-refine")):
         v.check_positive_int(value, flag)
     v.check_positive_float(lr, "--lr")
     v.resolve_device(device)
+    file_training = load_config(config).get("training", {}) if config else {}
+    tm = resolve_threat_model(eps, file_training.get("norm", "linf"), model=teacher_path, ctx=ctx, announce=_rank0())
     names = {"grad_refine": "grad_refine_batches"}
     keys = ("objective", "eps", "epochs", "lr", "batch_size", "grad_refine", "tau", "seed")
     defaults = {names.get(k, k): v for k, v in ctx.params.items() if k in keys}
+    defaults["eps"] = tm.eps
     flags = {names.get(k, k): v for k, v in explicit_params(ctx).items() if k in keys}
-    base = {**defaults, **(load_config(config).get("training", {}) if config else {})}
+    base = {**defaults, **file_training}
     cfg = stage_config(RobustTrainConfig, base, flags, "training")
     info = dist.init_distributed(device)
     try:
@@ -190,9 +202,10 @@ def dist_evaluate(
     data: Annotated[str, typer.Option(help="dataset name (its test split)")],
     config: Annotated[Path | None, config_option()] = None,
     data_root: str | None = None,
-    eps: Annotated[str, typer.Option(help="ε, e.g. 0.2 or 8/255")] = "8/255",
+    eps: Annotated[str | None, typer.Option(help=EPS_HELP_DATA)] = None,
     norm: str = "linf",
-    n_points: Annotated[int, typer.Option(help="test points (stratified, seeded)")] = 1000,
+    n_points: Annotated[int, typer.Option("--n", help="number of test points (stratified, seeded)")] = 1000,
+    n_points_old: Annotated[int | None, typer.Option("--n-points", hidden=True, help="old spelling of --n")] = None,
     pgd_steps: int = 20,
     autoattack: bool = True,
     aa_version: str = "standard",
@@ -202,7 +215,7 @@ def dist_evaluate(
     device: Device = "auto",
 ) -> None:
     """Clean / PGD / AutoAttack evaluation with the test points sharded over torchrun ranks."""
-    from shieldkit.cli.common import console, parse_eps
+    from shieldkit.cli.common import alias_value, console, resolve_threat_model
     from shieldkit.config import save_run_metadata
     from shieldkit.data import load_dataset
     from shieldkit.distributed import dist
@@ -213,15 +226,22 @@ def dist_evaluate(
 
     v.check_model_path(model_path, "--model")
     v.check_dataset(data, data_root)
-    v.check_eps(eps, norm)
-    for value, flag in ((n_points, "--n-points"), (pgd_steps, "--pgd-steps"), (chunk_size, "--chunk-size")):
+    v.check_norm(norm)
+    if eps is not None:
+        v.check_eps(eps, norm)
+    n_points, n_flag = alias_value(ctx, "n_points", n_points, n_points_old, "--n", "--n-points")
+    for value, flag in ((n_points, n_flag), (pgd_steps, "--pgd-steps"), (chunk_size, "--chunk-size")):
         v.check_positive_int(value, flag)
     v.check_out_dir(out)
     v.resolve_device(device)
+    e = resolve_threat_model(eps, norm, model=model_path, data=data, ctx=ctx, announce=_rank0()).eps
     info = dist.init_distributed(device)
     try:
+        from shieldkit.evaluation.basic import set_default_progress
+
+        set_default_progress(info.is_main)  # one rank's per-chunk progress lines, not N interleaved copies
         model = load_imported(model_path, device=info.device)
-        res = evaluate_distributed(model, load_dataset(data, "test", root=data_root), norm=norm, eps=parse_eps(eps),
+        res = evaluate_distributed(model, load_dataset(data, "test", root=data_root), norm=norm, eps=e,
                                    n=n_points, seed=seed, pgd_steps=pgd_steps, autoattack=autoattack,
                                    aa_version=aa_version,
                                    chunk_size=chunk_size, device=info.device)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from shieldkit.cli.common import console, parse_budgets, parse_eps
+from shieldkit.cli.common import EPS_HELP_DATA, console, parse_budgets, resolve_threat_model
 from shieldkit.errors import InputError
 
 
@@ -25,7 +25,7 @@ def sqa(
     defence: Annotated[str, typer.Option(help="none | rnd | unig")] = "unig",
     data: Annotated[str | None, typer.Option(help="test dataset (default: the model card's)")] = None,
     data_root: Annotated[str | None, typer.Option(help="root folder for local datasets")] = None,
-    eps: Annotated[str, typer.Option(help="ε, e.g. 0.1 or 8/255")] = "0.1",
+    eps: Annotated[str | None, typer.Option(help=EPS_HELP_DATA)] = None,
     norm: Annotated[str, typer.Option(help="linf | l2")] = "linf",
     budgets: Annotated[str, typer.Option(help="comma-separated query budgets")] = "100,2500",
     attacks: Annotated[str, typer.Option(help="comma-separated: square, simba_dct, simba_pixel, signhunter, "
@@ -61,7 +61,9 @@ def sqa(
     for a in names:
         v.check_choice(a, ATTACKS, "--attacks")
     v.check_choice(defence, ("none", "rnd", "unig"), "--defence")
-    v.check_eps(eps, norm)
+    v.check_norm(norm)
+    if eps is not None:
+        v.check_eps(eps, norm)
     budget_list = parse_budgets(budgets)
     v.check_positive_int(n, "--n")
     v.check_positive_float(sigma, "--sigma")
@@ -75,6 +77,7 @@ def sqa(
     v.check_dataset(data, data_root)
     v.check_out_file(out)
     dev = resolve_device(device)
+    e = resolve_threat_model(eps, norm, model=model_path, data=data).eps
     base = load_model(model_path, device=str(dev)).eval()
     dataset = load_dataset(data or base.card.dataset, split="test", root=data_root)
     v.check_model_fits_data(base, dataset, data_name=data or base.card.dataset)
@@ -89,7 +92,7 @@ def sqa(
             tensors = load_tensors(references)
             refs = tensors.get("x", next(iter(tensors.values())))
         model = UniG(base, cfg, references=refs, seed=seed)
-    res = run_query_suite(model, dataset, budgets=budget_list, eps=parse_eps(eps), norm=norm, n=n, seed=seed,
+    res = run_query_suite(model, dataset, budgets=budget_list, eps=e, norm=norm, n=n, seed=seed,
                           attacks=names, targeted=targeted, device=dev)
     res["defence"] = defence
     console.print(f"[bold]{defence}[/] on {dataset.name}: clean {100 * res['clean_accuracy']:.1f} % "

@@ -30,8 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shieldkit.data.base import validate_images
-
-Transform = Callable[[torch.Tensor], torch.Tensor]
+from shieldkit.defenses.base import BaseModelAlias, Defense, Transform, identity
 
 
 def zero_jacobian(fn: Transform) -> Transform:
@@ -118,20 +117,57 @@ def tv_minimize(x: torch.Tensor, keep_prob: float = 0.5, weight: float = 0.03, i
     return z.detach()
 
 
-class InputTransformDefense(nn.Module):
-    """``model(t(x))`` for a preprocessing ``t`` that is non-differentiable (and possibly random).
+class SeededTransform:
+    """A random transform ``fn(x, generator)`` with its own seeded stream, advancing per call (so repeated
+    passes differ) and restartable with :meth:`reseed` (so an evaluation is reproducible)."""
 
-    ``forward`` masks gradients as the real pipeline would (zero Jacobian through ``t``); the break is
-    ``BPDAWrapper(defense.transform, defense.model)`` (+ ``EOT`` when ``random``).
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Generator], torch.Tensor], seed: int = 0) -> None:
+        self.fn = fn
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mask_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
+        return self.fn(x, torch.Generator(device=x.device).manual_seed(mask_seed))
+
+
+class InputTransformDefense(Defense):
+    """``base_model(t(x))`` for a preprocessing ``t`` that is non-differentiable (and possibly random).
+
+    ``forward`` masks gradients as the real pipeline would (zero Jacobian through ``t``;
+    ``mask_gradients=False`` lets them flow as ``t`` says, for a differentiable preprocess); the break is
+    ``BPDAWrapper(defense.transform, defense.base_model, defense.bpda_surrogate())`` (+ ``EOT`` when
+    ``randomised``). A random ``t`` that should be reproducible is a :class:`SeededTransform`.
     """
 
-    def __init__(self, model: nn.Module, transform: Transform, name: str, random: bool = False) -> None:
-        super().__init__()
-        self.model, self.transform, self.name, self.random = model, transform, name, random
-        self._masked = zero_jacobian(transform)
+    model = BaseModelAlias()  # old name, read by evaluation.breaks and the bpda-pgd attack
+
+    def __init__(self, model: nn.Module, transform: Transform, name: str, random: bool = False, *,
+                 mask_gradients: bool = True) -> None:
+        super().__init__(model)
+        self.transform, self.name, self.randomised = transform, name, random
+        self._masked = zero_jacobian(transform) if mask_gradients else transform
+
+    @property
+    def random(self) -> bool:
+        """Old name of ``randomised`` (read by :mod:`shieldkit.evaluation.breaks`)."""
+        return self.randomised
+
+    def reseed(self, seed: int | None) -> None:
+        if isinstance(self.transform, SeededTransform):
+            self.transform.reseed(0 if seed is None else seed)
+
+    def bpda_surrogate(self) -> Transform:
+        return identity
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self._masked(x))
+        return self.base_model(self._masked(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The base model's penultimate features of the transformed input (latent attacks)."""
+        return self.base_model.features(self._masked(x))
 
 
 def jpeg_defense(model: nn.Module, quality: int = 75) -> InputTransformDefense:
@@ -144,19 +180,13 @@ def bit_depth_defense(model: nn.Module, bits: int = 1) -> InputTransformDefense:
 
 def tvm_defense(model: nn.Module, keep_prob: float = 0.5, weight: float = 0.03, iterations: int = 40,
                 seed: int = 0) -> InputTransformDefense:
-    """TVM with its own generator (seeded, advancing per call) so evaluations are reproducible."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def t(x: torch.Tensor) -> torch.Tensor:
-        mask_seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        g = torch.Generator(device=x.device).manual_seed(mask_seed)
-        return tv_minimize(x, keep_prob, weight, iterations, generator=g)
-
+    """TVM with its own generator (seeded, advancing per call; ``reseed`` restarts it)."""
+    t = SeededTransform(lambda x, g: tv_minimize(x, keep_prob, weight, iterations, generator=g), seed)
     return InputTransformDefense(model, t, f"tvm(p={keep_prob},λ={weight})", random=True)
 
 
 # --------------------------------------------------------------------------------- feature squeezing
-class FeatureSqueezing(nn.Module):
+class FeatureSqueezing(Defense):
     """Xu, Evans & Qi 2018: a detector that compares the prediction on x with those on squeezed copies.
 
     score(x) = max_s ‖softmax(f(x)) − softmax(f(s(x)))‖₁ over squeezers s (bit depth, median filter;
@@ -166,22 +196,21 @@ class FeatureSqueezing(nn.Module):
     defended if it is classified correctly *or* flagged (:meth:`defended`).
     """
 
+    model = BaseModelAlias()  # old name, read by evaluation.breaks
+
     def __init__(self, model: nn.Module, bits: int = 1, median_size: int = 2, threshold: float | None = None
                  ) -> None:
-        super().__init__()
-        self.model, self.bits, self.median_size, self.threshold = model, bits, median_size, threshold
+        super().__init__(model)
+        self.bits, self.median_size, self.threshold = bits, median_size, threshold
 
     def squeezers(self) -> list[Transform]:
         return [lambda x: bit_depth_reduce(x, self.bits), lambda x: median_filter(x, self.median_size)]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
     @torch.no_grad()
     def score(self, x: torch.Tensor) -> torch.Tensor:
-        p = F.softmax(self.model(x), dim=1)
-        return torch.stack([(p - F.softmax(self.model(s(x)), dim=1)).abs().sum(1) for s in self.squeezers()]
-                           ).amax(0)
+        p = F.softmax(self.base_model(x), dim=1)
+        return torch.stack([(p - F.softmax(self.base_model(s(x)), dim=1)).abs().sum(1)
+                            for s in self.squeezers()]).amax(0)
 
     def calibrate(self, x_clean: torch.Tensor, fpr: float = 0.05) -> float:
         """Set the threshold to the (1 − fpr) quantile of clean scores (Xu et al. §5.1)."""
@@ -197,7 +226,7 @@ class FeatureSqueezing(nn.Module):
     @torch.no_grad()
     def defended(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per point: correct prediction or detection (the detector-aware robust accuracy)."""
-        return (self.model(x).argmax(1) == y) | self.detect(x)
+        return (self.base_model(x).argmax(1) == y) | self.detect(x)
 
 
 # ------------------------------------------------------------------------------ thermometer encoding
@@ -215,12 +244,15 @@ def soft_thermometer(x: torch.Tensor, levels: int = 16) -> torch.Tensor:
     return (levels * x.unsqueeze(2) - ks.view(1, 1, -1, 1, 1) + 1).clamp(0, 1).flatten(1, 2)
 
 
-class ThermometerEncoded(nn.Module):
-    """``model(τ(x))`` where ``model`` takes C·levels input channels (train it on encoded inputs)."""
+class ThermometerEncoded(Defense):
+    """``model(τ(x))`` where ``model`` takes C·levels input channels (train it on encoded inputs); the BPDA
+    surrogate is the soft thermometer τ̂."""
+
+    model = BaseModelAlias()  # old name, read by evaluation.breaks
 
     def __init__(self, model: nn.Module, levels: int = 16) -> None:
-        super().__init__()
-        self.model, self.levels = model, levels
+        super().__init__(model)
+        self.levels = levels
         self._masked = zero_jacobian(self.encode)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
@@ -229,8 +261,11 @@ class ThermometerEncoded(nn.Module):
     def surrogate(self, x: torch.Tensor) -> torch.Tensor:
         return soft_thermometer(x, self.levels)
 
+    def bpda_surrogate(self) -> Transform:
+        return self.surrogate
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self._masked(x))
+        return self.base_model(self._masked(x))
 
 
 # --------------------------------------------------------------------------------------------- k-WTA
@@ -264,7 +299,7 @@ def swap_relu_for_kwta(model: nn.Module, ratio: float = 0.2) -> int:
 
 
 # ------------------------------------------------------------------------------------ Mixup Inference
-class MixupInference(nn.Module):
+class MixupInference(Defense):
     """Pang, Xu & Zhu 2020, Algorithm 1: F_MI(x) = (1/N) Σ_k F(λx + (1 − λ)x_{s,k}), F = softmax(f).
 
     x_s are drawn from a pool of clean images (``pool_x``, ``pool_y``): "pl" (predicted label, MI-PL) draws
@@ -273,19 +308,24 @@ class MixupInference(nn.Module):
     it through EOT (Tramèr et al. 2020 App. K).
     """
 
+    randomised = True
+    model = BaseModelAlias()  # old name, read by evaluation.breaks
+
     def __init__(self, model: nn.Module, pool_x: torch.Tensor, pool_y: torch.Tensor, lam: float = 0.6,
                  samples: int = 20, mode: str = "ol", seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(model)
         if mode not in ("pl", "ol"):
             raise ValueError("mixup inference mode must be 'pl' or 'ol'")
         if not 0 < lam <= 1 or samples < 1:
             raise ValueError("need 0 < lam ≤ 1 and samples ≥ 1")
         validate_images(pool_x)
-        self.model, self.lam, self.samples, self.mode = model, lam, samples, mode
+        self.lam, self.samples, self.mode = lam, samples, mode
         self.register_buffer("pool_x", pool_x)
         self.register_buffer("pool_y", pool_y)
-        self.generator = torch.Generator().manual_seed(seed)
-        self.random = True
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
 
     def _draw(self, pred: torch.Tensor) -> torch.Tensor:
         """One pool image per input: of the predicted class (PL) or of another class (OL)."""
@@ -300,10 +340,10 @@ class MixupInference(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            pred = self.model(x).argmax(1)
+            pred = self.base_model(x).argmax(1)
         probs = torch.zeros(x.shape[0], 0, device=x.device)
         for _ in range(self.samples):
             xs = self._draw(pred).to(x.dtype)
-            p = F.softmax(self.model(self.lam * x + (1 - self.lam) * xs), dim=1)
+            p = F.softmax(self.base_model(self.lam * x + (1 - self.lam) * xs), dim=1)
             probs = p if probs.shape[1] == 0 else probs + p
         return torch.log(probs / self.samples + 1e-12)

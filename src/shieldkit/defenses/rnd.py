@@ -13,17 +13,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shieldkit.defenses.base import Defense
 from shieldkit.utils.seed import derive_seed
 
 
-class RandomNoiseDefense(nn.Module):
-    """``logits = model(x + σ·ε)``, ε ~ N(0, I) drawn afresh for every call (RND, Qin et al. 2021)."""
+class RandomNoiseDefense(Defense):
+    """``logits = model(x + σ·ε)``, ε ~ N(0, I) drawn afresh for every call (RND, Qin et al. 2021).
+
+    Differentiable (no BPDA surrogate); randomised, so attack it with EOT."""
+
+    randomised = True
 
     def __init__(self, model: nn.Module, sigma: float = 0.02, *, clip: bool = False, seed: int = 0) -> None:
-        super().__init__()
+        super().__init__(model)
         if sigma < 0:
             raise ValueError(f"sigma must be >= 0, got {sigma}")
-        self.model = model
         self.sigma = sigma
         self.clip = clip
         self.seed = seed
@@ -37,8 +41,8 @@ class RandomNoiseDefense(nn.Module):
             self._generators[key] = g
         return self._generators[key]
 
-    def reseed(self, seed: int) -> None:
-        self.seed = seed
+    def reseed(self, seed: int | None) -> None:
+        self.seed = 0 if seed is None else seed
         self._generators.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -46,4 +50,4 @@ class RandomNoiseDefense(nn.Module):
         xn = x + self.sigma * noise
         if self.clip:
             xn = xn.clamp(0.0, 1.0)
-        return self.model(xn)
+        return self.base_model(xn)

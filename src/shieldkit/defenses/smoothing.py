@@ -29,6 +29,7 @@ from scipy.stats import binomtest, norm
 from torch import nn
 
 from shieldkit.data.base import validate_images
+from shieldkit.defenses.base import BaseModelAlias, Defense
 
 ABSTAIN = -1
 
@@ -50,18 +51,36 @@ class Certificate:
     count: int
 
 
-class Smooth:
-    """The smoothed classifier g around a base classifier ``f`` (any module: [0, 1] images → logits)."""
+class Smooth(Defense):
+    """The smoothed classifier g around a base classifier ``f`` (any module: [0, 1] images → logits).
+
+    :meth:`predict` / :meth:`certify` are Cohen et al.'s procedures (explicit generators). As a module,
+    ``smooth(x)`` is one Monte-Carlo sample of the smoothing, ``f(x + δ)`` with δ ~ N(0, σ²I) from the
+    defence's own stream (``reseed`` restarts it): randomised, and under :class:`EOT` the soft smoothed
+    classifier an adaptive attacker differentiates. Differentiable, so no BPDA surrogate.
+    """
+
+    randomised = True
+    base = BaseModelAlias()  # old name
 
     def __init__(self, base: nn.Module, num_classes: int, sigma: float, batch_size: int = 500,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", seed: int = 0) -> None:
         from shieldkit.utils.validate import check_num_classes, check_positive_float, check_positive_int
 
         sigma = check_positive_float(sigma, "sigma")
         num_classes = check_num_classes(num_classes, "num_classes")
         batch_size = check_positive_int(batch_size, "batch_size")
-        self.base, self.num_classes, self.sigma = base, num_classes, sigma
+        super().__init__(base)
+        self.num_classes, self.sigma = num_classes, sigma
         self.batch_size, self.device = batch_size, torch.device(device)
+        self.reseed(seed)
+
+    def reseed(self, seed: int | None) -> None:
+        self.generator = torch.Generator().manual_seed(0 if seed is None else seed)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.generator, dtype=x.dtype).to(x.device)
+        return self.base_model(x + self.sigma * noise)
 
     @torch.no_grad()
     def sample_counts(self, x: torch.Tensor, num: int, generator: torch.Generator | None = None
@@ -72,14 +91,14 @@ class Smooth:
         """
         if x.ndim != 3:
             raise ValueError(f"sample_counts takes one image (C, H, W), got shape {tuple(x.shape)}")
-        self.base.eval()
+        self.base_model.eval()
         counts = torch.zeros(self.num_classes, dtype=torch.long)
         x = x.to(self.device)
         remaining = num
         while remaining > 0:
             b = min(self.batch_size, remaining)
             noise = torch.randn((b, *x.shape), generator=generator, device=self.device) * self.sigma
-            pred = self.base(x.unsqueeze(0) + noise).argmax(1).cpu()
+            pred = self.base_model(x.unsqueeze(0) + noise).argmax(1).cpu()
             counts += torch.bincount(pred, minlength=self.num_classes)
             remaining -= b
         return counts

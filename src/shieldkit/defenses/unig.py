@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shieldkit.defenses.base import Defense
+from shieldkit.models.protocol import FeatureModel
 from shieldkit.utils.seed import derive_seed
 
 FeaturesFn = Callable[[torch.Tensor], torch.Tensor]
@@ -108,8 +110,9 @@ def unification_loss(grads: torch.Tensor, minmax: tuple[torch.Tensor, torch.Tens
     return (g[:-1] - g[1:]).norm(p=2, dim=1).sum(), minmax
 
 
-class UniG(nn.Module):
-    """Plug-in UniG defence around a frozen classifier (Algorithm 1).
+class UniG(Defense):
+    """Plug-in UniG defence around a frozen classifier (Algorithm 1). Randomised (the draw of A);
+    differentiable, so no BPDA surrogate.
 
     Args:
         model: the classifier to protect (kept frozen; put it in eval mode for deployment).
@@ -123,15 +126,15 @@ class UniG(nn.Module):
         seed: seeds the generator of the random initialisation of A.
     """
 
+    randomised = True
+
     def __init__(self, model: nn.Module, config: UniGConfig | None = None, *,
                  features_fn: FeaturesFn | None = None, head: nn.Module | None = None,
                  references: torch.Tensor | None = None, n_references: int = 5, seed: int = 0) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model)
         self.config = config or UniGConfig()
         if features_fn is None and head is None:
-            if not (callable(getattr(model, "features", None)) and isinstance(getattr(model, "head", None),
-                                                                               nn.Module)):
+            if not (isinstance(model, FeatureModel) and isinstance(model.head, nn.Module)):
                 raise TypeError(
                     f"UniG cannot locate the penultimate features and final linear layer of "
                     f"{type(model).__name__}: it has no `.features(x)` method and `.head` module. Pass "
@@ -162,9 +165,9 @@ class UniG(nn.Module):
             self._generators[key] = g
         return self._generators[key]
 
-    def reseed(self, seed: int) -> None:
+    def reseed(self, seed: int | None) -> None:
         """Restart the initialisation stream (reproducible evaluations)."""
-        self.seed = seed
+        self.seed = 0 if seed is None else seed
         self._generators.clear()
 
     def set_references(self, references: torch.Tensor | None) -> None:

@@ -7,6 +7,7 @@ The full suite with the obfuscated-gradient audit is :mod:`shieldkit.evaluation.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
@@ -19,6 +20,39 @@ from shieldkit.data.base import ImageDataset
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.utils.provenance import provenance
 from shieldkit.utils.seed import derive_seed, make_generator
+
+_PROGRESS = {"default": False}
+
+
+def set_default_progress(on: bool) -> bool:
+    """Set what ``evaluate_basic(progress=None)`` means; returns the previous setting.
+
+    Off in the Python API (library calls stay quiet); the ``shieldkit`` command line turns it on for the
+    duration of a command (``cli.main.ShieldkitGroup.main``), so ``shield`` and ``demo`` — which call
+    :func:`evaluate_basic` through the pipeline without a ``progress`` argument — print a line per attack.
+    """
+    prev = _PROGRESS["default"]
+    _PROGRESS["default"] = bool(on)
+    return prev
+
+
+class _Progress:
+    """One stderr line per event: ``HH:MM:SS evaluate[label] attack: points, elapsed``."""
+
+    def __init__(self, enabled: bool, label: str) -> None:
+        self.enabled, self.label = enabled, label
+
+    def __call__(self, msg: str) -> None:
+        if self.enabled:
+            print(f"{time.strftime('%H:%M:%S')} evaluate[{self.label}] {msg}", file=sys.stderr, flush=True)
+
+
+def _model_label(model: nn.Module) -> str:
+    card = getattr(model, "card", None)
+    if card is None:
+        return type(model).__name__
+    method = (card.extra or {}).get("method")
+    return f"{card.arch}, {method}" if method else str(card.arch)
 
 
 def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -48,7 +82,7 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
                    n: int | None = 1000, seed: int = 0, pgd_steps: int = 20, pgd_restarts: int = 1,
                    autoattack: bool = True, aa_version: str = "standard", aa_n: int | None = None,
                    aa_attacks: Sequence[str] | None = None, batch_size: int = 250,
-                   device: str | torch.device = "cpu") -> dict:
+                   device: str | torch.device = "cpu", progress: bool | None = None) -> dict:
     """Evaluate ``model`` on a fixed, seeded, class-stratified subset of ``n`` points of ``data``.
 
     ``aa_n`` (≤ n) evaluates AutoAttack on a class-stratified ``aa_n``-point subset of those points only
@@ -58,6 +92,10 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     (e.g. ``["apgd-ce", "apgd-t"]`` when Square's queries are unaffordable); the label records which.
     Robust accuracy counts a point as robust only if it is classified correctly clean *and* under the
     attack (the per-point worst case of clean and attack).
+
+    ``progress`` prints (stderr) a line per attack — name, points, accuracy, elapsed — and, for PGD over
+    several batches, the points done / remaining; ``None`` means the process default
+    (:func:`set_default_progress`: off in the API, on under the ``shieldkit`` CLI).
     """
     from shieldkit.evaluation.suite import precheck
 
@@ -66,9 +104,12 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     model = model.to(device).eval()
     sub = data.subset(n, seed=seed)
     x, y = sub.x, sub.y
+    log = _Progress(_PROGRESS["default"] if progress is None else progress, _model_label(model))
+    log(f"{len(y)} points, {'ℓ∞' if norm == 'linf' else 'ℓ2'} ε = {eps:.4g}")
     t0 = time.perf_counter()
     clean_ok = _predict(model, x, batch_size, device) == y
     t_clean = time.perf_counter() - t0
+    log(f"clean: {len(y)} points, {clean_ok.float().mean().item():.1%} accurate, {t_clean:.1f} s")
 
     cfg = PGDConfig(eps=eps, norm=norm, steps=pgd_steps, alpha=2.5 * eps / pgd_steps, random_start=True,
                     restarts=pgd_restarts)
@@ -79,8 +120,12 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
         xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
         adv = pgd(model, xb, yb, cfg, loss_fn="ce", generator=g, track_best=True)
         pgd_ok[i:i + batch_size] = _predict(model, adv, batch_size, device) == yb.cpu()
+        done = min(i + batch_size, len(x))
+        if done < len(x):
+            log(f"PGD-{pgd_steps}: {done}/{len(x)} points ({len(x) - done} left), {time.perf_counter() - t0:.1f} s")
     pgd_ok &= clean_ok
     t_pgd = time.perf_counter() - t0
+    log(f"PGD-{pgd_steps}: {len(y)} points, {pgd_ok.float().mean().item():.1%} robust, {t_pgd:.1f} s")
 
     result: dict = {
         "threat_model": "Linf" if norm == "linf" else "L2", "norm": norm, "eps": eps, "n": len(y), "seed": seed,
@@ -94,6 +139,8 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     if autoattack:
         m = len(y) if aa_n is None else min(aa_n, len(y))
         aa_idx = stratified_positions(y, m, seed)
+        label = f"AutoAttack-{aa_version}" + (f"[{'+'.join(aa_attacks)}]" if aa_attacks else "")
+        log(f"{label}: {m} points …")
         t0 = time.perf_counter()
         robust, _ = run_autoattack(model, x[aa_idx], y[aa_idx], norm=norm, eps=eps, version=aa_version, seed=seed,
                                    attacks=list(aa_attacks) if aa_attacks else None, batch_size=batch_size,
@@ -101,7 +148,7 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
         t_aa = time.perf_counter() - t0
         robust = robust.cpu() & clean_ok[aa_idx]
         result["autoattack_acc"] = robust.float().mean().item()
-        label = f"AutoAttack-{aa_version}" + (f"[{'+'.join(aa_attacks)}]" if aa_attacks else "")
+        log(f"{label}: {m} points, {result['autoattack_acc']:.1%} robust, {t_aa:.1f} s")
         result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": label,
                                 "implementation": "pyautoattack", "seconds": t_aa}
         result["aa_n"] = m

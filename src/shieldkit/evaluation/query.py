@@ -24,6 +24,7 @@ from shieldkit.attacks.query.suite import TABLE1_ATTACKS, run_query_suite
 from shieldkit.data.base import ImageDataset
 from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.stats import accuracy_summary
+from shieldkit.models.protocol import card_of
 from shieldkit.utils.device import resolve_device
 
 
@@ -120,7 +121,7 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
     validity.append(A.check_clean_accuracy(float(q["clean_accuracy"]), dataset.num_classes, n_pts))
     audit[:0] = validity
     trusted, head = A.headline(audit, worst["acc"], worst["ci"])
-    card = getattr(model, "card", None) or getattr(getattr(model, "model", None), "card", None)
+    card = card_of(model)
     res = {
         "clean_acc": q["clean_accuracy"],
         "robust_acc": worst["acc"],

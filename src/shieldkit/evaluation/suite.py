@@ -61,8 +61,11 @@ from shieldkit.attacks.library import (
 from shieldkit.attacks.losses import dfs_modified_loss, margin_loss, softmax_probs
 from shieldkit.attacks.pgd import PGDConfig
 from shieldkit.data.base import ImageDataset
+from shieldkit.defenses.classic import InputTransformDefense
+from shieldkit.defenses.temperature import TemperatureScaled
 from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.stats import accuracy_summary
+from shieldkit.models.protocol import card_of
 from shieldkit.utils.seed import derive_seed, make_generator
 from shieldkit.utils.validate import check_choice
 
@@ -170,32 +173,6 @@ class AttackRun:
         }
 
 
-class _Preprocessed(nn.Module):
-    """The deployed system ``model(preprocess(x))`` (gradients flow — or not — as the preprocess says)."""
-
-    def __init__(self, preprocess: Callable[[torch.Tensor], torch.Tensor], model: nn.Module) -> None:
-        super().__init__()
-        self.preprocess = preprocess
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.preprocess(x))
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.features(self.preprocess(x))
-
-
-class _Scaled(nn.Module):
-    """logits / s — undoes a temperature that saturates the softmax (adaptive CE attack)."""
-
-    def __init__(self, model: nn.Module, scale: float) -> None:
-        super().__init__()
-        self.model, self.scale = model, scale
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) / self.scale
-
-
 class _Evaluator:
     def __init__(
         self,
@@ -216,7 +193,10 @@ class _Evaluator:
         verbose: bool,
     ) -> None:
         self.raw_model = model
-        self.counter = CountingModel(_Preprocessed(preprocess, model).eval() if preprocess is not None else model)
+        # the deployed system model(preprocess(x)); gradients flow (or not) as the preprocess says
+        system = (model if preprocess is None
+                  else InputTransformDefense(model, preprocess, "preprocess", mask_gradients=False).eval())
+        self.counter = CountingModel(system)
         self.system = self.counter  # what is judged (and attacked by non-adaptive attacks)
         self.x, self.y = x.to(device), y.to(device)
         self.norm, self.eps, self.spec, self.seed = norm, float(eps), spec, seed
@@ -466,7 +446,7 @@ def evaluate(
         cands = [r["acc"] for r in recs if r["name"].startswith(prefix) and r["in_worst_case"]]
         return min(cands) if cands else None
 
-    card = getattr(model, "card", None)
+    card = card_of(model)
     res: dict = {
         "clean_acc": acc_of("clean"),
         "robust_acc": worst["acc"],
@@ -522,7 +502,7 @@ def precheck(model: nn.Module, dataset: ImageDataset, *, eps: float, norm: str, 
     if n is not None:
         check_positive_int(n, "n")
     eps = check_eps(eps, norm, dim=int(torch.tensor(dataset.image_shape).prod()), flag="eps")
-    card = getattr(model, "card", None) or getattr(getattr(model, "model", None), "card", None)
+    card = card_of(model)
     check_model_data(card, dataset, source=f"model {card.arch!r}" if card is not None else "model")
     check_finite_weights(model, source="model")
     return eps
@@ -791,7 +771,7 @@ def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
                 epochs=spec.transfer_epochs,
                 seed=ev.seed,
                 device=ev.device,
-                arch=None if getattr(ev.raw_model, "card", None) else "mnist_cnn",
+                arch=None if card_of(ev.raw_model) else "mnist_cnn",
             )
             sub_time = time.perf_counter() - t0
             r = ev.run(
@@ -813,7 +793,7 @@ def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
     # ---------------------------------------------------------------- adaptive
     adaptive: dict[str, float] = {}
     if ev.preprocess is not None:
-        bpda_model = BPDAWrapper(ev.preprocess, ev.counter.model.model).eval()
+        bpda_model = BPDAWrapper(ev.preprocess, ev.counter.model.base_model).eval()
         if random and ev.eot_samples > 1:
             bpda_model = EOT(bpda_model, ev.eot_samples).eval()
         for loss_name, loss in (("ce", "ce"), ("margin", margin_loss)):
@@ -832,11 +812,11 @@ def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
             r = ev.run(
                 f"pgd-{spec.pgd_steps} CE on logits/{scale:.3g}",
                 "adaptive",
-                lambda: ev.pgd_run(_Scaled(gm, scale).eval(), ev.cfg(spec.pgd_steps), tag="rescaled"),
+                lambda: ev.pgd_run(TemperatureScaled(gm, scale).eval(), ev.cfg(spec.pgd_steps), tag="rescaled"),
                 {"scale": scale, "why": "CE gradients vanish: undo the softmax saturation"},
             )
             adaptive[r.name] = float(r.robust.float().mean())
-    card = getattr(ev.raw_model, "card", None)
+    card = card_of(ev.raw_model)
     evaluation_only = card is not None and (card.extra or {}).get("features", True) is False
     if spec.latent and evaluation_only:
         ev.notes.append("latent attack skipped: the model was imported for evaluation only (no features layer)")

@@ -43,3 +43,30 @@ def mnist_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28)
 @register_model
 def mnist_cnn_wide(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     return SmallCNN(num_classes, in_channels, (64, 128))
+
+
+class SmallCNN5(nn.Module):
+    """Five 3×3 conv-BN-ReLU layers (16, 32 | pool | 32, 64 | pool | 64), global average pooling, a linear
+    head: ~70k parameters — the shape of the 72k-parameter 5-conv BN teacher of issue 16's reference loop,
+    kept to measure how much the teacher's architecture (one more BN layer, narrower first layers) moves
+    data-free robustness (``benchmarks/recipe.py``)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_bn(in_channels, 16), _conv_bn(16, 32), nn.MaxPool2d(2),
+            _conv_bn(32, 32), _conv_bn(32, 64), nn.MaxPool2d(2), _conv_bn(64, 64),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(64, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.body(x)).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x))
+
+
+@register_model
+def mnist_cnn5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+    return SmallCNN5(num_classes, in_channels)

@@ -42,22 +42,31 @@ def summary_rows(results: dict) -> list[dict]:
 
 
 def print_summary(results: dict, console: Console | None = None) -> None:
+    """The before/after table and each row's audit headline. A label-free run (no real-data rows, figures
+    under ``results["synthetic_eval"]``) prints them titled "synthetic — not a claim about real data"."""
     console = console or Console()
-    any_r = results.get("shielded") or results.get("teacher")
-    title = (f"Robust accuracy (%), {any_r['threat_model']} ε = {any_r['eps']:.4g}, real test images, "
+    synthetic = not any(k in results for k, _ in ROWS) and bool(results.get("synthetic_eval"))
+    rows_of = results["synthetic_eval"] if synthetic else results
+    any_r = rows_of.get("shielded") or rows_of.get("teacher")
+    where = ("held-out SYNTHETIC samples labelled by the teacher — synthetic, not a claim about real data"
+             if synthetic else "real test images")
+    title = (f"Robust accuracy (%), {any_r['threat_model']} ε = {any_r['eps']:.4g}, {where}, "
              f"seed {any_r['seed']}") if any_r else "Results"
     t = Table(title=title)
     for col in ("model", "clean", "PGD", "AutoAttack", "n (clean/PGD, AA)"):
         t.add_column(col, justify="right" if col != "model" else "left")
-    for r in summary_rows(results):
+    for r in summary_rows(rows_of):
         t.add_row(r["label"], f"{_pct(r['clean'])} {r['clean_ci']}", f"{_pct(r['pgd'])} {r['pgd_ci']}",
                   f"{_pct(r['aa'])} {r['aa_ci']}", f"{r['n']}, {r['aa_n']}")
     console.print(t)
+    if synthetic:
+        console.print("[bold yellow]Not evaluated on real data (label-free mode): no robustness is claimed for "
+                      "real inputs.[/]", highlight=False)
     for key, label in ROWS:
-        head = (results.get(key) or {}).get("headline")
+        head = (rows_of.get(key) or {}).get("headline")
         if head:
-            style = "bold magenta" if head.startswith("INVALID") else ("bold green" if head.startswith("Trustworthy")
-                                                                       else "bold red")
+            style = "bold yellow" if synthetic else "bold magenta" if head.startswith("INVALID") else (
+                "bold green" if head.startswith("Trustworthy") else "bold red")
             console.print(f"{label}: [{style}]{escape(head)}[/]", highlight=False)
 
 

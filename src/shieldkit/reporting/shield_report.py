@@ -35,33 +35,88 @@ def _row_accuracies(r: dict) -> dict:
             "robust": _acc_record(r.get("robust"), "worst case")}
 
 
-def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, hashes: dict, files: dict,
-                     eval_data: dict | None, created_utc: str, version: str, name: str) -> dict:
-    """The deployer's card. ``model_card`` / ``teacher_card``: the models' sidecar dicts; ``hashes``:
-    ``weights_sha256`` (the shielded ``.safetensors`` file), ``fingerprint`` (its weights + card),
-    ``teacher_fingerprint`` and ``teacher_weights_sha256`` (the teacher's file, None when unknown)."""
-    s = results.get("shielded") or {}
-    syn = results.get("synthesis", {})
-    tr = results.get("training", {})
-    c, size = model_card.get("in_channels"), model_card.get("image_size")
-    evaluated = bool(s)
-    valid, trusted = bool(s.get("valid", False)), bool(s.get("trustworthy", False))
-    head = s.get("headline", "not evaluated: no real test set was given, so no robustness is claimed")
-    threat = (f"{s.get('threat_model', tr.get('norm'))} ε = {float(s.get('eps', tr.get('eps', 0))):.4g}")
+SYNTHETIC_LABEL = "synthetic — not a claim about real data"  # = shieldkit.pipeline.SYNTHETIC_LABEL
+SYNTHETIC_COLOR = "#8a6d00"  # the headline bar of label-free (synthetic) figures: neither pass nor fail
+
+
+def _limitations(s: dict, model_card: dict, eval_data: dict | None, threat: str, synthetic: dict | None) -> list[str]:
     attacks = " and ".join(x for x in (s.get("pgd", {}).get("attack"), s.get("autoattack", {}).get("attack")) if x)
-    limitations = [
-        f"Robustness is measured only for the stated threat model ({threat}, inputs in [0, 1]) with {attacks or 'no '}"
-        f" attack(s) on {s.get('n', 0)} real test points (AutoAttack on {s.get('aa_n', 0)}) of "
-        f"{(eval_data or {}).get('name', model_card.get('dataset'))}, seed {s.get('seed')}; other norms, larger ε, "
-        "corruptions, patches or distribution shift were not measured.",
-        "Accuracies are sample estimates: quote them with their 95 % Clopper-Pearson intervals.",
+    if synthetic:
+        first = ["Label-free mode: NOT evaluated on real data — robust accuracy on real inputs is unknown. The "
+                 f"figures under `synthetic_evaluation` are {SYNTHETIC_LABEL}: held-out synthetic samples "
+                 "labelled by the teacher's own predictions (so the teacher scores 100 % clean by construction).",
+                 "To measure real robustness: `shieldkit evaluate --model <shielded model> --data <dataset>`."]
+    else:
+        first = [f"Robustness is measured only for the stated threat model ({threat}, inputs in [0, 1]) with "
+                 f"{attacks or 'no '} attack(s) on {s.get('n', 0)} real test points (AutoAttack on "
+                 f"{s.get('aa_n', 0)}) of {(eval_data or {}).get('name', model_card.get('dataset'))}, seed "
+                 f"{s.get('seed')}; other norms, larger ε, corruptions, patches or distribution shift were not "
+                 "measured.",
+                 "Accuracies are sample estimates: quote them with their 95 % Clopper-Pearson intervals."]
+    return first + [
         "The audit run here is the cheap one (validity, softmax, randomness, gradients, FGSM vs PGD); the "
         "attack-curve and adaptive checks of `shieldkit evaluate --suite standard` were not run.",
         "Trained without real data (DataFreeShield, synthetic samples from the teacher's BatchNorm statistics): "
         "expect lower clean accuracy than the teacher.",
         "Normalisation (mean/std) is inside the model: feed [0, 1] images of the stated shape, do not normalise again.",
     ]
-    if not trusted:
+
+
+def _rb_pct(v: float | None) -> str | None:
+    return None if v is None else f"{100 * v:.2f}"
+
+
+def robustbench_fields(s: dict, *, name: str, model_card: dict, norm: str | None, eps: float | None,
+                       trusted: bool) -> dict:
+    """RobustBench's model-info fields. ``clean_acc`` / ``autoattack_acc`` (percent strings, as RobustBench
+    writes them) are real-data figures only: None when the shielded model was not evaluated on real data."""
+    aa = s.get("autoattack") or {}
+    if s:
+        foot = (f"shieldkit, data-free (DataFreeShield); {s.get('n')} real test points, {aa.get('attack', 'no AA')} on "
+                f"{s.get('aa_n')}, seed {s.get('seed')}; cheap audit: {'passed' if trusted else 'NOT passed'}")
+    else:
+        foot = "shieldkit label-free mode: not evaluated on real data (no clean_acc / autoattack_acc)"
+    return {"name": name, "dataset": model_card.get("dataset"),
+            "threat_model": {"linf": "Linf", "l2": "L2"}.get(str(norm), norm),
+            "eps": None if eps is None else f"{float(eps):.4g}", "clean_acc": _rb_pct(s.get("clean_acc")),
+            "reported": None, "autoattack_acc": _rb_pct(s.get("autoattack_acc")), "additional_data": False,
+            "number_forward_passes": 1, "architecture": model_card.get("arch"), "footnote": foot,
+            "unreliable": not trusted}
+
+
+def _synthetic_section(syn_eval: dict | None) -> dict | None:
+    if not syn_eval:
+        return None
+    sh = syn_eval.get("shielded") or {}
+    return {"label": syn_eval.get("label", SYNTHETIC_LABEL), "data": syn_eval.get("data"), "n": sh.get("n"),
+            "aa_n": sh.get("aa_n"), "seed": sh.get("seed"), "headline": syn_eval.get("headline"),
+            "shielded": _row_accuracies(sh),
+            "teacher": _row_accuracies(syn_eval["teacher"]) if "teacher" in syn_eval else None,
+            "audit": [{"name": c["name"], "verdict": c["verdict"]} for c in sh.get("audit", [])]}
+
+
+def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, hashes: dict, files: dict,
+                     eval_data: dict | None, created_utc: str, version: str, name: str) -> dict:
+    """The deployer's card. ``model_card`` / ``teacher_card``: the models' sidecar dicts; ``hashes``:
+    ``weights_sha256`` (the shielded ``.safetensors`` file), ``fingerprint`` (its weights + card),
+    ``teacher_fingerprint`` and ``teacher_weights_sha256`` (the teacher's file, None when unknown).
+
+    Label-free runs (``results["synthetic_eval"]``): ``evaluation`` / ``audit`` (real data) stay None, the
+    RobustBench accuracies null, ``trustworthy`` False; the synthetic figures are under ``synthetic_evaluation``."""
+    s = results.get("shielded") or {}
+    syn_eval = results.get("synthetic_eval")
+    any_row = s or (syn_eval or {}).get("shielded") or {}
+    syn = results.get("synthesis", {})
+    tr = results.get("training", {})
+    c, size = model_card.get("in_channels"), model_card.get("image_size")
+    evaluated = bool(s)
+    valid, trusted = evaluated and bool(s.get("valid", False)), evaluated and bool(s.get("trustworthy", False))
+    head = s.get("headline") or results.get("headline") or \
+        "not evaluated: no real test set was given, so no robustness is claimed"
+    norm, eps = any_row.get("norm", tr.get("norm")), any_row.get("eps", tr.get("eps"))
+    threat = f"{any_row.get('threat_model', norm)} ε = {float(eps or 0):.4g}"
+    limitations = _limitations(s, model_card, eval_data, threat, syn_eval)
+    if evaluated and not trusted:
         limitations.insert(0, "The audit did NOT pass (" + head + "): do not rely on the robustness numbers.")
     return {
         "schema": CARD_SCHEMA,
@@ -69,6 +124,8 @@ def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, has
         "headline": head,
         "valid": valid,
         "trustworthy": trusted,
+        "data_free": True,
+        "real_data_evaluated": evaluated,
         "model": {"arch": model_card.get("arch"), "method": "DataFreeShield (data-free adversarial training)",
                   "weights": files.get("model"), "weights_sha256": hashes.get("weights_sha256"),
                   "fingerprint": hashes.get("fingerprint")},
@@ -79,8 +136,8 @@ def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, has
                     "classes": model_card.get("classes"), "input_shape": [c, size, size], "input_range": [0.0, 1.0],
                     "normalisation": {"mean": model_card.get("mean"), "std": model_card.get("std"),
                                       "inside_model": True}},
-        "threat_model": {"norm": s.get("norm", tr.get("norm")), "eps": s.get("eps", tr.get("eps")),
-                         "name": s.get("threat_model")},
+        "threat_model": {"norm": norm, "eps": eps, "name": any_row.get("threat_model")},
+        "robustbench": robustbench_fields(s, name=name, model_card=model_card, norm=norm, eps=eps, trusted=trusted),
         "evaluation": None if not evaluated else {
             "data": eval_data, "n": s.get("n"), "aa_n": s.get("aa_n"), "seed": s.get("seed"),
             "points": "seeded, class-stratified subset of the real test split (never used for training)",
@@ -92,6 +149,7 @@ def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, has
             "checks": [{"name": c["name"], "verdict": c["verdict"]} for c in s.get("audit", [])],
             "teacher_headline": results.get("teacher", {}).get("headline"),
         },
+        "synthetic_evaluation": _synthetic_section(syn_eval),
         "training": {"real_data_used": False, "synthetic_samples": syn.get("n_samples"),
                      "objective": tr.get("objective"), "epochs": tr.get("epochs"),
                      "attack_steps": tr.get("attack_steps"), "seed": tr.get("seed")},
@@ -108,8 +166,9 @@ def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, has
     }
 
 
-def accuracy_chart(results: dict) -> bytes | None:
-    """Grouped bars teacher vs shielded (clean / PGD / AutoAttack) with 95 % interval whiskers, as PNG."""
+def accuracy_chart(results: dict, where: str = "real test images") -> bytes | None:
+    """Grouped bars teacher vs shielded (clean / PGD / AutoAttack) with 95 % interval whiskers, as PNG.
+    ``results``: a dict with ``teacher`` / ``shielded`` rows; ``where``: what they were measured on (title)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -139,8 +198,7 @@ def accuracy_chart(results: dict) -> bytes | None:
     ax.set_ylabel("accuracy (%)")
     ax.set_ylim(0, 118)
     ax.set_yticks(range(0, 101, 20))
-    ax.set_title(f"{rows[0][1]['threat_model']} ε = {rows[0][1]['eps']:.4g}, real test images, 95 % intervals",
-                 fontsize=9)
+    ax.set_title(f"{rows[0][1]['threat_model']} ε = {rows[0][1]['eps']:.4g}, {where}, 95 % intervals", fontsize=9)
     ax.legend(fontsize=8, loc="upper right")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -185,108 +243,157 @@ def _ci_cell(rec: dict | None) -> str:
             f"</span></td>")
 
 
+STYLE = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
+         "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+         "vertical-align:top}th{background:#f2f2f2;text-align:left}.num{text-align:right;"
+         "font-variant-numeric:tabular-nums;white-space:nowrap}.ci{color:#666;font-size:85%}"
+         ".kv th{width:13em}.kv td{word-break:break-all}"
+         ".headline{border-left:8px solid #999;padding:.6em 1em;background:#fafafa;font-size:105%}"
+         ".synthetic{border:2px dashed #8a6d00;background:#fffbea;padding:.6em 1em}"
+         "figure{display:inline-block;margin:.5em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}")
+
+
+def _headline_html(results: dict) -> str:
+    e = html.escape
+    s, syn_eval = results.get("shielded") or {}, results.get("synthetic_eval")
+    if s.get("headline"):
+        col = headline_color(s.get("audit", []), bool(s.get("trustworthy")))
+        return (f'<p class="headline" style="border-left-color:{col}"><b>Shielded model:</b> '
+                f"{e(s['headline'])}</p>")
+    if syn_eval:
+        return (f'<p class="headline" style="border-left-color:{SYNTHETIC_COLOR}"><b>Not evaluated on real data '
+                "(label-free mode): no robustness is claimed for real inputs.</b> Figures below are "
+                f"<b>{e(SYNTHETIC_LABEL)}</b>. {e(syn_eval.get('headline', ''))}</p>")
+    if results.get("synthesis"):
+        return '<p class="headline">Not evaluated (no real test set): no robustness is claimed.</p>'
+    return ""
+
+
+def _model_html(card: dict) -> str:
+    ds, m, t = card["dataset"], card["model"], card["teacher"]
+    return "<h2>Model</h2>" + _kv([
+        ("shielded model", f"{m['arch']} — {m['method']}"), ("weights", m.get("weights")),
+        ("weights sha256", m.get("weights_sha256")), ("teacher", t.get("arch")),
+        ("teacher weights", t.get("weights")),
+        ("teacher sha256", t.get("weights_sha256") or f"(fingerprint) {t.get('fingerprint')}"),
+        ("dataset", f"{ds['name']}: {ds['num_classes']} classes ({', '.join(map(str, ds['classes'] or []))})"),
+        ("input", f"{'×'.join(map(str, ds['input_shape']))} in [0, 1]; mean "
+                  f"{_floats(ds['normalisation']['mean'])}, std {_floats(ds['normalisation']['std'])} "
+                  "applied inside the model"),
+        ("shieldkit", card.get("shieldkit_version")), ("created (UTC)", card.get("created_utc")),
+    ])
+
+
+def _accuracy_table(rows_of: dict) -> str:
+    e = html.escape
+    heads = ("model", "clean", "PGD", "AutoAttack", "worst case", "n", "AA n", "norm", "ε", "seed")
+    out = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>"]
+    for r in summary_rows(rows_of):
+        rec = rows_of[r["key"]]
+        out.append(f"<tr><td>{e(r['label'])}</td>{_ci_cell(rec.get('clean'))}{_ci_cell(rec.get('pgd'))}"
+                   f"{_ci_cell(rec.get('autoattack'))}{_ci_cell(rec.get('robust'))}"
+                   f"<td class=num>{r['n']}</td><td class=num>{r['aa_n'] if r['aa_n'] is not None else '—'}</td>"
+                   f"<td>{e(rec['norm'])}</td><td class=num>{rec['eps']:.4g}</td><td class=num>{rec['seed']}</td></tr>")
+    return "".join(out) + "</table>"
+
+
+def _accuracy_html(rows_of: dict, synthetic: bool) -> str:
+    """Table + chart of the teacher / shielded rows of ``rows_of`` (real test set, or the held-out synthetic set)."""
+    e = html.escape
+    rows = summary_rows(rows_of)
+    any_r = rows_of.get("shielded") or rows_of.get("teacher")
+    attacks = f"{e(rows[0]['pgd_name'])} and {e(rows[0]['aa_name'])} (official pyautoattack)"
+    if synthetic:
+        data = rows_of.get("data") or {}
+        head = (f"<h2>Held-out synthetic samples — {e(SYNTHETIC_LABEL)}</h2><p class=synthetic><b>Synthetic — not a "
+                f"claim about real data.</b> Threat model {e(any_r['threat_model'])} ε = {any_r['eps']:.4g}; "
+                f"{attacks} on {data.get('n_samples', any_r['n'])} held-out synthetic samples (seed "
+                f"{data.get('seed')}, not the training set's {data.get('training_seed')}: no training sample is "
+                "reused), labelled by the teacher's own predictions — the teacher's clean accuracy is 100 % by "
+                "construction. Robust accuracy on real inputs is unknown: run <code>shieldkit evaluate</code> "
+                "on a real test set.")
+        where = "held-out SYNTHETIC samples (not real data)"
+    else:
+        head = (f"<h2>Robust accuracy, teacher vs shielded</h2><p>Threat model {e(any_r['threat_model'])} ε = "
+                f"{any_r['eps']:.4g}; {attacks} on real test images never used for training or model selection; "
+                "seeded class-stratified points.")
+        where = "real test images"
+    head += (" Accuracy in %, [95 % Clopper-Pearson interval]. <i>Worst case</i> counts a point robust only if "
+             "it is correct clean, under PGD and under AutoAttack.</p>")
+    invalid = any(not (rows_of.get(k) or {}).get("valid", True) for k, _ in ROWS)
+    alt = (f"Accuracy teacher vs shielded on {where} (95 % intervals)"
+           + (" — INVALID evaluation, see the audit" if invalid else ""))
+    return head + _accuracy_table(rows_of) + _png(accuracy_chart(rows_of, where), alt)
+
+
+def _audit_html(rows_of: dict, synthetic: bool) -> str:
+    e = html.escape
+    out = ["<h2>Audit" + (f" (on the held-out synthetic samples — {e(SYNTHETIC_LABEL)})" if synthetic else "")
+           + "</h2><p>Validity checks (INVALID = the evaluation itself is meaningless) and cheap "
+           "obfuscated-gradient checks, run on the points evaluated. A headline says whether the "
+           "<i>measurement</i> can be trusted (no check INVALID or FAIL), not that the model is robust: "
+           "read the number it states. Not run here (use "
+           f"<code>shieldkit evaluate --suite standard</code>): {e(', '.join(NOT_RUN))}.</p>"]
+    for key, label in ROWS:
+        rec = rows_of.get(key)
+        if not rec or "audit" not in rec:
+            continue
+        col = SYNTHETIC_COLOR if synthetic else headline_color(rec["audit"], bool(rec.get("trustworthy")))
+        out.append(f"<h3>{e(label)}</h3><p class=\"headline\" style=\"border-left-color:{col}\">"
+                   f"{e(rec['headline'])}</p><table><tr><th>check</th><th>verdict</th><th>evidence</th></tr>"
+                   f"{audit_rows_html(rec['audit'])}</table>")
+    return "".join(out)
+
+
+def _synthesis_html(syn: dict, grid_png: str | Path | None) -> str:
+    cfg = syn.get("config", {})
+    return (f"<h2>Synthetic training data</h2><p>{syn['n_samples']} samples synthesised from the teacher alone "
+            f"(DSS coefficients = {html.escape(str(cfg.get('coefficients')))}, {cfg.get('iterations')} Adam "
+            f"iterations per batch, {syn.get('samples_per_s', 0):.2f} samples/s); no real image was used for "
+            "training.</p>"
+            + _img(Path(grid_png) if grid_png else None, "Synthetic samples, one row per assigned class"))
+
+
+def _timing_html(results: dict) -> str:
+    e = html.escape
+    secs = results["seconds"]
+    out = ("<h2>Wall time per stage</h2><table><tr><th>stage</th><th>wall time (s)</th></tr>"
+           + "".join(f"<tr><td>{e(k)}</td><td class=num>{v:.1f}</td></tr>" for k, v in secs.items())
+           + f"<tr><th>total</th><th class=num>{sum(secs.values()):.1f}</th></tr></table>")
+    rows_of = results if any(k in results for k, _ in ROWS) else results.get("synthetic_eval") or {}
+    parts = [(label, rows_of[key]["seconds"]) for key, label in ROWS if "seconds" in (rows_of.get(key) or {})]
+    if parts:
+        cols = ("clean", "pgd", "autoattack")
+        out += ("<p>Evaluation, per model (s):</p><table><tr><th>model</th>"
+                + "".join(f"<th>{c}</th>" for c in ("clean", "PGD", "AutoAttack")) + "</tr>"
+                + "".join(f"<tr><td>{e(label)}</td>"
+                          + "".join(f"<td class=num>{t[c]:.1f}</td>" if c in t else "<td>—</td>" for c in cols)
+                          + "</tr>" for label, t in parts) + "</table>")
+    return out
+
+
 def render_shield_report(results: dict, *, title: str = "shieldkit shield — DataFreeShield",
                          card: dict | None = None, grid_png: str | Path | None = None,
                          outputs: dict[str, str] | None = None) -> str:
+    """The report's HTML: headline, model, before/after accuracies (real data; or, label-free, the held-out
+    synthetic figures, labelled :data:`SYNTHETIC_LABEL`), audit, synthetic training data, wall times,
+    provenance and output paths."""
     e = html.escape
-    s = results.get("shielded") or {}
-    body = [f"<h1>{e(title)}</h1>"]
-    if s.get("headline"):
-        col = headline_color(s.get("audit", []), bool(s.get("trustworthy")))
-        body.append(f'<p class="headline" style="border-left-color:{col}"><b>Shielded model:</b> '
-                    f"{e(s['headline'])}</p>")
-    elif results.get("synthesis"):
-        body.append('<p class="headline">Not evaluated (no real test set): no robustness is claimed.</p>')
-
+    body = [f"<h1>{e(title)}</h1>", _headline_html(results)]
     if card:
-        ds, m, t = card["dataset"], card["model"], card["teacher"]
-        body.append("<h2>Model</h2>")
-        body.append(_kv([
-            ("shielded model", f"{m['arch']} — {m['method']}"), ("weights", m.get("weights")),
-            ("weights sha256", m.get("weights_sha256")), ("teacher", t.get("arch")),
-            ("teacher weights", t.get("weights")),
-            ("teacher sha256", t.get("weights_sha256") or f"(fingerprint) {t.get('fingerprint')}"),
-            ("dataset", f"{ds['name']}: {ds['num_classes']} classes ({', '.join(map(str, ds['classes'] or []))})"),
-            ("input", f"{'×'.join(map(str, ds['input_shape']))} in [0, 1]; mean "
-                      f"{_floats(ds['normalisation']['mean'])}, std {_floats(ds['normalisation']['std'])} "
-                      "applied inside the model"),
-            ("shieldkit", card.get("shieldkit_version")), ("created (UTC)", card.get("created_utc")),
-        ]))
-
-    rows = summary_rows(results)
-    if rows:
-        any_r = s or results.get("teacher")
-        body.append("<h2>Robust accuracy, teacher vs shielded</h2>")
-        body.append(f"<p>Threat model {e(any_r['threat_model'])} ε = {any_r['eps']:.4g}; {e(rows[0]['pgd_name'])} "
-                    f"and {e(rows[0]['aa_name'])} (official pyautoattack) on real test images never used for "
-                    f"training or model selection; seeded class-stratified points. Accuracy in %, "
-                    f"[95 % Clopper-Pearson interval]. <i>Worst case</i> counts a point robust only if it is "
-                    "correct clean, under PGD and under AutoAttack.</p>")
-        heads = ("model", "clean", "PGD", "AutoAttack", "worst case", "n", "AA n", "norm", "ε", "seed")
-        body.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in heads) + "</tr>")
-        for r in rows:
-            rec = results[r["key"]]
-            body.append(f"<tr><td>{e(r['label'])}</td>{_ci_cell(rec.get('clean'))}{_ci_cell(rec.get('pgd'))}"
-                        f"{_ci_cell(rec.get('autoattack'))}{_ci_cell(rec.get('robust'))}"
-                        f"<td class=num>{r['n']}</td><td class=num>{r['aa_n'] if r['aa_n'] is not None else '—'}</td>"
-                        f"<td>{e(rec['norm'])}</td><td class=num>{rec['eps']:.4g}</td>"
-                        f"<td class=num>{rec['seed']}</td></tr>")
-        body.append("</table>")
-        invalid = any(not (results.get(k) or {}).get("valid", True) for k, _ in ROWS)
-        body.append(_png(accuracy_chart(results), "Accuracy teacher vs shielded (95 % intervals)"
-                         + (" — INVALID evaluation, see the audit" if invalid else "")))
-
-        body.append("<h2>Audit</h2>")
-        body.append("<p>Validity checks (INVALID = the evaluation itself is meaningless) and cheap "
-                    "obfuscated-gradient checks, run on the points evaluated. A headline says whether the "
-                    "<i>measurement</i> can be trusted (no check INVALID or FAIL), not that the model is robust: "
-                    "read the number it states. Not run here (use "
-                    f"<code>shieldkit evaluate --suite standard</code>): {e(', '.join(NOT_RUN))}.</p>")
-        for key, label in ROWS:
-            rec = results.get(key)
-            if not rec or "audit" not in rec:
-                continue
-            col = headline_color(rec["audit"], bool(rec.get("trustworthy")))
-            body.append(f"<h3>{e(label)}</h3><p class=\"headline\" style=\"border-left-color:{col}\">"
-                        f"{e(rec['headline'])}</p>")
-            body.append("<table><tr><th>check</th><th>verdict</th><th>evidence</th></tr>"
-                        f"{audit_rows_html(rec['audit'])}</table>")
-
-    syn = results.get("synthesis")
-    if syn:
-        cfg = syn.get("config", {})
-        body.append(f"<h2>Synthetic training data</h2><p>{syn['n_samples']} samples synthesised from the teacher "
-                    f"alone (DSS coefficients = {e(str(cfg.get('coefficients')))}, {cfg.get('iterations')} Adam "
-                    f"iterations per batch, {syn.get('samples_per_s', 0):.2f} samples/s); no real image was used "
-                    "for training.</p>")
-        body.append(_img(Path(grid_png) if grid_png else None, "Synthetic samples, one row per assigned class"))
-
-    secs = results.get("seconds")
-    if secs:
-        body.append("<h2>Wall time per stage</h2><table><tr><th>stage</th><th>wall time (s)</th></tr>"
-                    + "".join(f"<tr><td>{e(k)}</td><td class=num>{v:.1f}</td></tr>" for k, v in secs.items())
-                    + f"<tr><th>total</th><th class=num>{sum(secs.values()):.1f}</th></tr></table>")
-        parts = [(label, results[key]["seconds"]) for key, label in ROWS if "seconds" in (results.get(key) or {})]
-        if parts:
-            cols = ("clean", "pgd", "autoattack")
-            body.append("<p>Evaluation, per model (s):</p><table><tr><th>model</th>"
-                        + "".join(f"<th>{c}</th>" for c in ("clean", "PGD", "AutoAttack")) + "</tr>"
-                        + "".join(f"<tr><td>{e(label)}</td>"
-                                  + "".join(f"<td class=num>{t[c]:.1f}</td>" if c in t else "<td>—</td>" for c in cols)
-                                  + "</tr>" for label, t in parts)
-                        + "</table>")
-
+        body.append(_model_html(card))
+    if summary_rows(results):
+        body += [_accuracy_html(results, synthetic=False), _audit_html(results, synthetic=False)]
+    elif results.get("synthetic_eval") and summary_rows(results["synthetic_eval"]):
+        body += [_accuracy_html(results["synthetic_eval"], synthetic=True),
+                 _audit_html(results["synthetic_eval"], synthetic=True)]
+    if results.get("synthesis"):
+        body.append(_synthesis_html(results["synthesis"], grid_png))
+    if results.get("seconds"):
+        body.append(_timing_html(results))
     if results.get("provenance"):
         body.append("<h2>Provenance</h2>" + _kv(_provenance_rows(results["provenance"])))
     if outputs:
         body.append("<h2>Outputs</h2>" + _kv(list(outputs.items())))
-
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:.6em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-             "vertical-align:top}th{background:#f2f2f2;text-align:left}.num{text-align:right;"
-             "font-variant-numeric:tabular-nums;white-space:nowrap}.ci{color:#666;font-size:85%}"
-             ".kv th{width:13em}.kv td{word-break:break-all}"
-             ".headline{border-left:8px solid #999;padding:.6em 1em;background:#fafafa;font-size:105%}"
-             "figure{display:inline-block;margin:.5em 0}img{max-width:100%}figcaption{color:#555;font-size:90%}")
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{e(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+            f"<style>{STYLE}</style></head><body>{''.join(body)}</body></html>\n")

@@ -79,6 +79,7 @@ class SynthesisConfig:
     jitter: int = 2
     labels: str = "balanced"  # "balanced" | "cycle" | "random"
     bn_norm: str = "unsquared"  # see synthesis.losses
+    clamp: bool = False  # project the image onto the valid pixel range [0, 1] after every Adam step
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -146,6 +147,7 @@ def synthesize_batch(teacher: nn.Module, labels: torch.Tensor, alphas: torch.Ten
     opt = torch.optim.Adam([z], lr=cfg.lr)
     channels_last = device.type == "cpu"
     stats = {"class": float("nan"), "feature": float("nan"), "prior": float("nan")}
+    lo, hi = (0.0 - mean) / std, (1.0 - mean) / std  # the [0, 1] pixel box in normalised space
     with BNStatistics(teacher, norm=cfg.bn_norm) as bn:
         for _ in range(cfg.iterations):
             zj = _roll(z, cfg.jitter, g)
@@ -158,6 +160,9 @@ def synthesize_batch(teacher: nn.Module, labels: torch.Tensor, alphas: torch.Ten
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if cfg.clamp:
+                with torch.no_grad():
+                    torch.maximum(torch.minimum(z, hi, out=z), lo, out=z)
             stats = {"class": l_cls.item(), "feature": l_feat.item(), "prior": l_prior.item()}
     with torch.no_grad():
         images = (z.detach() * std + mean).clamp_(0.0, 1.0)

@@ -132,23 +132,28 @@ class DFShieldObjective(Objective):
     needs_teacher = True
 
     def __init__(self, attack: PGDConfig, lambda1: float = 1.0, lambda2: float = 1.0,
-                 clean_temperature: float = 20.0, bn_mode: str = "joint") -> None:
+                 clean_temperature: float = 20.0, bn_mode: str = "joint", inner_target: str = "student") -> None:
         super().__init__(attack)
         if bn_mode not in ("joint", "separate", "frozen"):
             raise ValueError(f"bn_mode must be joint|separate|frozen, got {bn_mode!r}")
+        if inner_target not in ("student", "teacher"):
+            raise ValueError(f"inner_target must be student|teacher, got {inner_target!r}")
         self.lambda1, self.lambda2, self.clean_temperature = lambda1, lambda2, clean_temperature
-        self.bn_mode = bn_mode
+        self.bn_mode, self.inner_target = bn_mode, inner_target
 
     def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, dict[str, float]]:
         self.check(batch)
         x, t_logits = batch.x, batch.t_logits.detach()
-        with torch.no_grad():
-            was = student.training
-            student.eval()
-            s_ref = F.softmax(student(x), dim=1)
-            student.train(was)
-        x_adv = self.perturb(student, x, s_ref, kl_to_target_probs, generator)
+        if self.inner_target == "teacher":
+            ref = F.softmax(t_logits, dim=1)
+        else:
+            with torch.no_grad():
+                was = student.training
+                student.eval()
+                ref = F.softmax(student(x), dim=1)
+                student.train(was)
+        x_adv = self.perturb(student, x, ref, kl_to_target_probs, generator)
         was = student.training
         if self.bn_mode == "frozen":
             student.eval()

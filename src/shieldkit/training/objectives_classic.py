@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from shieldkit.attacks.pgd import PGDConfig, ce_loss, kl_to_target_probs, project
+from shieldkit.defenses.temperature import TemperatureScaled
+from shieldkit.models.protocol import has_linear_head
 from shieldkit.training.objectives import Batch, Objective, kl_div_batchmean, register_objective
 
 Stats = dict[str, float]
@@ -478,17 +480,6 @@ class DefensiveDistillation(Objective):
         return loss, {"loss": loss.item()}
 
 
-class TemperatureScaled(nn.Module):
-    """``z(x)/T`` — the network as seen at temperature T (training and the adaptive attack on it)."""
-
-    def __init__(self, model: nn.Module, temperature: float) -> None:
-        super().__init__()
-        self.model, self.temperature = model, temperature
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x) / self.temperature
-
-
 def train_defensive_distillation(make_model: Callable[[], nn.Module], data, temperature: float = 100.0,
                                  epochs: int = 3, device: str | torch.device = "cpu", seed: int = 0,
                                  progress: bool = False, init: nn.Module | None = None
@@ -511,9 +502,9 @@ def train_defensive_distillation(make_model: Callable[[], nn.Module], data, temp
         if init is None:
             return make_model().to(device)
         m = copy.deepcopy(init).to(device)
-        head = getattr(getattr(m, "net", m), "head", None)
-        if not isinstance(head, nn.Linear):
+        if not has_linear_head(m):
             raise TypeError("defensive distillation's warm start needs a linear .head to scale by T")
+        head = m.head
         with torch.no_grad():
             head.weight.mul_(temperature)
             if head.bias is not None:

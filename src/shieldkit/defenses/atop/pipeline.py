@@ -28,6 +28,7 @@ from torch import nn
 
 from shieldkit.defenses.atop.purifiers import PurifierConfig, build_purifier
 from shieldkit.defenses.atop.transforms import RandomTransform, TransformConfig
+from shieldkit.defenses.base import BaseModelAlias, Defense, Transform, identity
 from shieldkit.utils.io import atomic_torch_save, safe_torch_load
 from shieldkit.utils.seed import make_generator
 
@@ -41,13 +42,18 @@ class Purified:
     hole: torch.Tensor             # (n, 1, H, W): 1 where the purifier's output replaced pixels
 
 
-class PurificationPipeline(nn.Module):
-    """transform → purifier → classifier; inputs in [0, 1], outputs logits (see module docstring)."""
+class PurificationPipeline(Defense):
+    """transform → purifier → classifier; inputs in [0, 1], outputs logits (see module docstring).
+
+    ``base_model`` is the frozen classifier; randomised (masks and noise); the BPDA surrogate of
+    :meth:`purify` is the identity (the BPDA+EOT evaluation of Lin et al.)."""
+
+    randomised = True
+    classifier = BaseModelAlias()  # old name, read by evaluation.atop
 
     def __init__(self, classifier: nn.Module, purifier: nn.Module, transform: RandomTransform | TransformConfig,
                  seed: int | None = None, check_range: bool = True) -> None:
-        super().__init__()
-        self.classifier = classifier
+        super().__init__(classifier)
         self.purifier = purifier
         self.transform = transform if isinstance(transform, RandomTransform) else RandomTransform(transform)
         self.generator = make_generator(seed) if seed is not None else None
@@ -56,6 +62,9 @@ class PurificationPipeline(nn.Module):
     def reseed(self, seed: int | None) -> None:
         """Restart (or drop, with ``None``) the pipeline's own random stream."""
         self.generator = make_generator(seed) if seed is not None else None
+
+    def bpda_surrogate(self) -> Transform:
+        return identity
 
     def _validate(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
@@ -84,7 +93,7 @@ class PurificationPipeline(nn.Module):
         return Purified(stages[-1], stages, hole)  # type: ignore[arg-type]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.purify(x))  # type: ignore[arg-type]
+        return self.base_model(self.purify(x))  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------------- checkpoints

@@ -1,0 +1,186 @@
+"""Recipe ablation (issue 16): what limits data-free robustness at ε = 0.1 / 0.2 on the mnist5k teacher.
+
+Every row starts from the same teacher copy and changes **one factor** of a common base — a
+synthesis factor (clamping the image to the pixel range during optimisation, iterations, label
+scheme, BN-loss norm, randomised DSS terms, jitter) or a training factor (clean-term temperature,
+BatchNorm passes, PGD start, inner-loss target, ε warm-up, lr) — at the same budget (samples ×
+synthesis iterations, training updates × PGD steps). Each row: clean / PGD-20 on ``--n`` real test
+points and AutoAttack-standard (pyautoattack) on ``--aa-n`` of them, with Clopper-Pearson intervals.
+
+Regenerate (from the repo root; resumable — finished rows are read back, synthetic sets are cached
+under ``--work`` by their configuration):
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe.py --rows all
+    .venv/bin/python benchmarks/recipe.py --merge-only          # rewrite recipe.md from recipe.json
+
+Results: ``benchmarks/results/recipe.json`` (a row per name) and ``recipe.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from shieldkit.data import load_dataset
+from shieldkit.evaluation.basic import evaluate_basic
+from shieldkit.pipeline import ensure_teacher
+from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
+from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
+from shieldkit.utils.io import atomic_write_json, atomic_write_text
+from shieldkit.utils.provenance import provenance
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+# The common base. Synthesis: the reference loop of issue 16 (image clamped to [0, 1] after every Adam
+# step, random labels, 200 iterations); training: L_DFShield at T = 1 for all three KL terms, PGD-10
+# from a uniform start maximising KL(T(x)‖S(x')), two train-mode BN passes, SGD 0.01 cosine, batch 100.
+BASE_SYN = dict(n_samples=1200, batch_size=200, iterations=200, clamp=True, labels="random", seed=0)
+BASE_TRAIN = dict(epochs=25, batch_size=100, lr=0.01, attack_steps=10, attack_start="uniform", eps_warmup=0.0,
+                  grad_clip=None, seed=0,
+                  objective_kwargs=dict(clean_temperature=1.0, bn_mode="separate", inner_target="teacher"))
+# shieldkit's recipe before issue 16 (the demo's synthesis and training at the same budget)
+OLD_SYN = dict(clamp=False, labels="balanced")
+OLD_TRAIN = dict(attack_start="normal", eps_warmup=0.3, grad_clip=5.0,
+                 objective_kwargs=dict(clean_temperature=20.0, bn_mode="joint", inner_target="student"))
+
+# name -> (synthesis overrides, training overrides); every ε gets every row
+ROWS: dict[str, tuple[dict, dict]] = {
+    "base": ({}, {}),
+    "old_recipe": (OLD_SYN, OLD_TRAIN),
+    "old_synthesis": (OLD_SYN, {}),
+    "old_training": ({}, OLD_TRAIN),
+    "syn_no_clamp": ({"clamp": False}, {}),
+    "syn_balanced_labels": ({"labels": "balanced"}, {}),
+    "syn_iters_100": ({"iterations": 100}, {}),
+    "syn_bn_squared": ({"bn_norm": "squared"}, {}),
+    "syn_fixed_coefficients": ({"coefficients": "fixed"}, {}),
+    "syn_dss_all_terms": ({"dss_terms": ("class", "feature", "prior")}, {}),
+    "syn_no_jitter": ({"jitter": 0}, {}),
+    "train_clean_T20": ({}, {"objective_kwargs": {"clean_temperature": 20.0}}),
+    "train_joint_bn": ({}, {"objective_kwargs": {"bn_mode": "joint"}}),
+    "train_normal_start": ({}, {"attack_start": "normal"}),
+    "train_inner_student": ({}, {"objective_kwargs": {"inner_target": "student"}}),
+    "train_eps_warmup": ({}, {"eps_warmup": 0.3}),
+    "train_lr_0.05": ({}, {"lr": 0.05}),
+}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def merged(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = {**out.get(k, {}), **v} if isinstance(v, dict) else v
+    return out
+
+
+def synthetic_set(teacher, syn: dict, work: Path, device: str):  # noqa: ANN001, ANN201
+    cfg = SynthesisConfig(**syn)
+    key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+    folder = work / f"syn-{key}"
+    t0 = time.perf_counter()
+    synthesize(teacher, folder / teacher.card.arch, cfg, device=device, progress=False)
+    folder = folder / teacher.card.arch
+    return load_synthetic(folder), cfg, time.perf_counter() - t0
+
+
+def run_row(name: str, eps: float, teacher, test, args: argparse.Namespace) -> dict:  # noqa: ANN001
+    syn_over, train_over = ROWS[name]
+    syn, scfg, syn_s = synthetic_set(teacher, merged(BASE_SYN, syn_over), Path(args.work), args.device)
+    tcfg = RobustTrainConfig(eps=eps, **merged(BASE_TRAIN, train_over))
+    student = init_student(teacher)
+    t0 = time.perf_counter()
+    train_robust(student, syn.x, tcfg, y=syn.y, t_logits=syn.t_logits, device=args.device, progress=False)
+    train_s = time.perf_counter() - t0
+    ev = evaluate_basic(student, test, eps=eps, n=args.n, aa_n=args.aa_n, autoattack=args.aa_n > 0,
+                        device=args.device)
+    ev.pop("per_point", None)
+    ev.pop("provenance", None)
+    return {"name": name, "eps": eps, "synthesis": scfg.to_dict(), "training": tcfg.to_dict(),
+            "clean_acc": ev["clean_acc"], "pgd_acc": ev["pgd_acc"], "autoattack_acc": ev.get("autoattack_acc"),
+            "n": ev["n"], "aa_n": ev.get("aa_n"), "clean": ev["clean"], "pgd": ev["pgd"],
+            "autoattack": ev.get("autoattack"), "updates": tcfg.updates_per_epoch(len(syn)) * tcfg.epochs,
+            "seconds": {"synthesis": syn_s, "training": train_s, **ev["seconds"]}}
+
+
+def _pct(d: dict | None) -> str:
+    if not d:
+        return "—"
+    lo, hi = d["ci"]
+    return f"{100 * d['acc']:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
+
+
+def render(rows: dict) -> str:
+    lines = ["# Recipe ablation (issue 16)", "",
+             "mnist5k `mnist_cnn` teacher, ℓ∞. One factor changed per row from `base` (see "
+             "`benchmarks/recipe.py` for the base and each factor). Clean / PGD-20 on n real test points, "
+             "AutoAttack-standard on aa_n of them; 95 % Clopper-Pearson intervals in brackets.", ""]
+    for eps in sorted({r["eps"] for r in rows.values()}):
+        lines += [f"## ε = {eps:g}", "", "| row | clean | PGD-20 | AutoAttack | n / aa_n | updates |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows.values():
+            if r["eps"] == eps:
+                lines.append(f"| {r['name']} | {_pct(r['clean'])} | {_pct(r['pgd'])} | {_pct(r['autoattack'])} "
+                             f"| {r['n']} / {r['aa_n'] or 0} | {r['updates']} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def save(rows: dict) -> None:
+    atomic_write_json(RESULTS / "recipe.json", {"rows": rows, "provenance": provenance()})
+    atomic_write_text(RESULTS / "recipe.md", render(rows))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default="base,old_recipe", help="comma-separated row names, or 'all'")
+    p.add_argument("--eps", default="0.2", help="comma-separated ε values")
+    p.add_argument("--n", type=int, default=500)
+    p.add_argument("--aa-n", type=int, default=200)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--work", default="runs/recipe")
+    p.add_argument("--arch", default="mnist_cnn", help="teacher architecture (rows of another arch get its name)")
+    p.add_argument("--redo", action="store_true", help="recompute rows already in recipe.json")
+    p.add_argument("--merge-only", action="store_true")
+    a = p.parse_args(argv)
+    path = RESULTS / "recipe.json"
+    rows = json.loads(path.read_text())["rows"] if path.exists() else {}
+    if a.merge_only:
+        save(rows)
+        return 0
+    names = list(ROWS) if a.rows == "all" else a.rows.split(",")
+    unknown = [n for n in names if n not in ROWS]
+    if unknown:
+        print(f"unknown rows {unknown}; choose from {list(ROWS)}", file=sys.stderr)
+        return 2
+    teacher = ensure_teacher(REPO / f"runs/teachers/mnist5k-{a.arch}", arch=a.arch, device=a.device, progress=False)
+    suffix = "" if a.arch == "mnist_cnn" else f"@{a.arch}"
+    test = load_dataset("mnist5k", "test")
+    for eps in (float(e) for e in a.eps.split(",")):
+        for name in names:
+            key = f"eps{eps:g}_{name}{suffix}"
+            if key in rows and not a.redo:
+                continue
+            log(f"{key} …")
+            rows[key] = {**run_row(name, eps, teacher, test, a), "teacher": a.arch}
+            r = rows[key]
+            log(f"{key}: clean {r['clean_acc']:.3f} pgd {r['pgd_acc']:.3f} aa {r['autoattack_acc']} "
+                f"({r['seconds']})")
+            if path.exists():  # merge with rows another process may have written meanwhile
+                rows = {**json.loads(path.read_text())["rows"], key: r}
+            save(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
