@@ -26,8 +26,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from shieldkit.data import load_dataset
 from shieldkit.evaluation.basic import evaluate_basic
 from shieldkit.pipeline import ensure_teacher
