@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from shieldkit.data import load_dataset
 from shieldkit.evaluation.basic import evaluate_basic
 from shieldkit.pipeline import ensure_teacher
@@ -52,6 +54,9 @@ OLD_TRAIN = dict(attack_start="normal", eps_warmup=0.3, grad_clip=5.0,
 # name -> (synthesis overrides, training overrides); every ε gets every row
 ROWS: dict[str, tuple[dict, dict]] = {
     "base": ({}, {}),
+    # control: the same training on n_samples *real* training digits (teacher logits as targets, labels unused)
+    # — the ceiling of any synthetic set at this training budget
+    "real_data": ({"real": True}, {}),
     "old_recipe": (OLD_SYN, OLD_TRAIN),
     "old_synthesis": (OLD_SYN, {}),
     "old_training": ({}, OLD_TRAIN),
@@ -82,14 +87,28 @@ def merged(base: dict, over: dict) -> dict:
     return out
 
 
+def real_set(teacher, n: int, seed: int, device: str):  # noqa: ANN001, ANN201
+    """``n`` real mnist5k training digits (class-stratified subset) with the teacher's logits."""
+    from types import SimpleNamespace
+
+    train = load_dataset("mnist5k", "train").subset(n, seed=seed)
+    teacher.eval()
+    with torch.no_grad():
+        t = torch.cat([teacher(train.x[i:i + 500].to(device)).cpu() for i in range(0, n, 500)])
+    return SimpleNamespace(x=train.x, y=t.argmax(1), t_logits=t)
+
+
 def synthetic_set(teacher, syn: dict, work: Path, device: str):  # noqa: ANN001, ANN201
+    if syn.get("real"):
+        data = real_set(teacher, syn["n_samples"], syn["seed"], device)
+        return data, {"real": True, "n_samples": syn["n_samples"], "seed": syn["seed"]}, 0.0
     cfg = SynthesisConfig(**syn)
     key = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
     folder = work / f"syn-{key}"
     t0 = time.perf_counter()
     synthesize(teacher, folder / teacher.card.arch, cfg, device=device, progress=False)
     folder = folder / teacher.card.arch
-    return load_synthetic(folder), cfg, time.perf_counter() - t0
+    return load_synthetic(folder), cfg.to_dict(), time.perf_counter() - t0
 
 
 def run_row(name: str, eps: float, teacher, test, args: argparse.Namespace) -> dict:  # noqa: ANN001
@@ -104,10 +123,10 @@ def run_row(name: str, eps: float, teacher, test, args: argparse.Namespace) -> d
                         device=args.device)
     ev.pop("per_point", None)
     ev.pop("provenance", None)
-    return {"name": name, "eps": eps, "synthesis": scfg.to_dict(), "training": tcfg.to_dict(),
+    return {"name": name, "eps": eps, "synthesis": scfg, "training": tcfg.to_dict(),
             "clean_acc": ev["clean_acc"], "pgd_acc": ev["pgd_acc"], "autoattack_acc": ev.get("autoattack_acc"),
             "n": ev["n"], "aa_n": ev.get("aa_n"), "clean": ev["clean"], "pgd": ev["pgd"],
-            "autoattack": ev.get("autoattack"), "updates": tcfg.updates_per_epoch(len(syn)) * tcfg.epochs,
+            "autoattack": ev.get("autoattack"), "updates": tcfg.updates_per_epoch(len(syn.x)) * tcfg.epochs,
             "seconds": {"synthesis": syn_s, "training": train_s, **ev["seconds"]}}
 
 

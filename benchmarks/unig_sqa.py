@@ -30,11 +30,12 @@ from shieldkit.attacks.pgd import PGDConfig, pgd
 from shieldkit.attacks.query import run_query_attack, run_query_suite
 from shieldkit.attacks.stealing import StealConfig, knockoff_steal, transfer_attack
 from shieldkit.data import load_dataset
+from shieldkit.data.augment import random_shift
 from shieldkit.defenses.rnd import RandomNoiseDefense
 from shieldkit.defenses.unig import UniG, UniGConfig
 from shieldkit.models import create_model, load_model, save_model
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
-from shieldkit.training.standard import StandardTrainConfig, accuracy, random_shift, train_classifier
+from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier
 from shieldkit.utils.io import atomic_write_json, atomic_write_text, read_json
 from shieldkit.utils.provenance import provenance
 from shieldkit.utils.seed import derive_seed, make_generator

@@ -206,7 +206,7 @@ def test_matrix_is_big_enough():
 
 
 def test_unexpected_error_is_one_line_plus_debug_hint(monkeypatch, files):
-    import shieldkit.utils.validate as v
+    import shieldkit.data.validate as v
 
     def boom(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise RuntimeError("something internal broke\nsecond line")
@@ -230,7 +230,7 @@ def test_debug_shows_traceback_of_user_error_too(files):
 
 
 def test_file_errors_from_our_code_are_one_line(monkeypatch, files):
-    import shieldkit.utils.validate as v
+    import shieldkit.data.validate as v
 
     def missing(*a, **k):  # noqa: ANN002, ANN003, ANN202
         raise FileNotFoundError(2, "No such file or directory", "/nowhere/x.bin")

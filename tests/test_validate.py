@@ -198,10 +198,12 @@ def test_existence_checks(tmp_path):
 
 
 def test_dataset_suggestion():
+    from shieldkit.data.validate import check_dataset
+
     with pytest.raises(InputError) as exc:
-        v.check_dataset("mnist5")
+        check_dataset("mnist5")
     assert "did you mean 'mnist5k'?" in exc.value.lines()[-1]
-    assert v.check_dataset("mnist5k") == "mnist5k"
+    assert check_dataset("mnist5k") == "mnist5k"
 
 
 def test_every_error_renders_in_at_most_three_lines():

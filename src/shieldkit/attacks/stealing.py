@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from shieldkit.attacks.pgd import PGDConfig, pgd
+from shieldkit.data.augment import random_shift
 from shieldkit.data.base import ImageDataset
 from shieldkit.models import create_model
-from shieldkit.training.standard import random_shift
 from shieldkit.utils.seed import derive_seed, make_generator
 
 

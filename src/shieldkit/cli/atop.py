@@ -58,6 +58,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Pre-train a purifier with L_org on clean (real or synthetic) images."""
         from shieldkit.cli.common import console
+        from shieldkit.data import validate as dv
         from shieldkit.defenses.atop import PretrainConfig, PurifierConfig, TransformConfig, pretrain_purifier
         from shieldkit.utils import validate as v
         from shieldkit.utils.device import resolve_device
@@ -69,7 +70,7 @@ def register(app: typer.Typer) -> None:
             v.check_positive_int(value, flag)
         v.check_positive_float(lr, "--lr")
         v.check_nonnegative_float(adv_weight, "--adv-weight")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         v.check_existing_dir(synthetic, "--synthetic")
         v.resolve_device(device)
         x, _ = _training_images(data, synthetic, data_root)
@@ -101,6 +102,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """AToP fine-tuning (Eq 5, 9; Algorithm 1) against the full pipeline, classifier frozen."""
         from shieldkit.cli.common import console, resolve_threat_model
+        from shieldkit.data import validate as dv
         from shieldkit.defenses.atop import FinetuneConfig, finetune_purifier, load_purifier
         from shieldkit.models import load_model
         from shieldkit.utils import validate as v
@@ -117,7 +119,7 @@ def register(app: typer.Typer) -> None:
         v.check_positive_float(lr, "--lr")
         v.check_nonnegative_float(lam, "--lam")
         v.check_nonnegative_float(adv_weight, "--adv-weight")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         v.check_existing_dir(synthetic, "--synthetic")
         dev = resolve_device(device)
         e = resolve_threat_model(eps, "linf", model=model, data=data).eps
@@ -157,6 +159,7 @@ def register(app: typer.Typer) -> None:
         """Evaluate the defended pipeline with EOT / BPDA+EOT / AutoAttack-rand (and unseen attacks)."""
         from shieldkit.cli.common import console, resolve_threat_model
         from shieldkit.data import load_dataset
+        from shieldkit.data import validate as dv
         from shieldkit.defenses.atop import load_pipeline
         from shieldkit.evaluation.atop import AToPEvalConfig, evaluate_pipeline
         from shieldkit.models import load_model
@@ -166,7 +169,7 @@ def register(app: typer.Typer) -> None:
 
         v.check_model_path(model, "--model")
         v.check_existing_file(purifier, "--purifier")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         if eps is not None:
             v.check_eps(eps, "linf")
         for value, flag in ((n, "--n"), (eot, "--eot"), (pgd_steps, "--pgd-steps")):

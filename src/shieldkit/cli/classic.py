@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
         """Train a classic robust model on real labelled data (PGD-AT, TRADES, MART, FGSM-AT, ALP/CLP, VAT,
         Dynamic AT, IGR, MMC, Gaussian augmentation for smoothing, defensive distillation)."""
         from shieldkit.data import load_dataset
+        from shieldkit.data import validate as dv
         from shieldkit.evaluation.basic import evaluate_basic
         from shieldkit.models import create_model, load_model, save_model
         from shieldkit.training.objectives_classic import attach_mmc_head, train_defensive_distillation
@@ -65,7 +66,7 @@ def register(app: typer.Typer) -> None:
         from shieldkit.utils.io import atomic_write_json
 
         v.check_choice(method, TRAIN_METHODS, "--method")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         v.check_out_dir(out)
         if init is not None:
             v.check_model_path(init, "--init")
@@ -145,6 +146,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Randomised-smoothing certificates (Cohen et al. 2019 CERTIFY) and certified accuracy at radii."""
         from shieldkit.data import load_dataset
+        from shieldkit.data import validate as dv
         from shieldkit.defenses.smoothing import (
             Smooth,
             certified_accuracy,
@@ -164,7 +166,7 @@ def register(app: typer.Typer) -> None:
         v.check_fraction(alpha, "--alpha")
         rs = v.parse_float_list(radii, "--radii")
         v.check_choice(split, ("train", "test"), "--split")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         v.check_model_path(model_path, "--model")
         v.check_out_file(out)
         dev = resolve_device(device)

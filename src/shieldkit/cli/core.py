@@ -36,10 +36,11 @@ def teacher(
     overwrite: Overwrite = False,
 ) -> None:
     """Train (or reuse the cached) standard, non-robust teacher."""
+    from shieldkit.data import validate as dv
     from shieldkit.pipeline import ensure_teacher
     from shieldkit.utils import validate as v
 
-    v.check_dataset(data, data_root)
+    dv.check_dataset(data, data_root)
     v.check_positive_int(epochs, "--epochs")
     v.check_out_file(out)
     dev = v.resolve_device(device)
@@ -177,6 +178,7 @@ def shield_cmd(
     """The main job: shield your model — DataFreeShield synthesize → train → evaluate + audit, no training data
     needed. Writes the shielded model, results.json, model_card.json and report.html into --out and prints
     their paths."""
+    from shieldkit.data import validate as dv
     from shieldkit.models import load_model
     from shieldkit.pipeline import demo_config, print_outputs, resolve_eval_data, shield, shield_outputs
     from shieldkit.reporting.demo_report import print_summary
@@ -184,7 +186,7 @@ def shield_cmd(
 
     v.check_model_path(teacher_path, "--teacher")
     v.check_out_dir(out)
-    v.check_dataset(data, data_root)
+    dv.check_dataset(data, data_root)
     if eps is not None:
         v.check_eps(eps, "l2")  # > 0 and finite; the bound for the config's norm is checked below
     dev = v.resolve_device(device)

@@ -78,6 +78,7 @@ def register(app: typer.Typer) -> None:
         obfuscated-gradient audit, curves, confidence intervals; JSON + HTML report."""
         from shieldkit.cli.common import console, parse_budgets, resolve_threat_model
         from shieldkit.data import load_dataset
+        from shieldkit.data import validate as dv
         from shieldkit.evaluation.suite import SUITES, evaluate
         from shieldkit.models import load_model
         from shieldkit.reporting.eval_report import print_table
@@ -95,7 +96,7 @@ def register(app: typer.Typer) -> None:
         v.check_model_path(model, "--model")
         if teacher is not None:
             v.check_model_path(teacher, "--teacher")
-        v.check_dataset(data, data_root)
+        dv.check_dataset(data, data_root)
         v.check_out_dir(out)
         device = str(v.resolve_device(device))
         make_preprocess(preprocess)

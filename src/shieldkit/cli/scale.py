@@ -84,6 +84,7 @@ def import_model_cmd(
     from shieldkit.cli.common import console
     from shieldkit.config import resolved_config, save_run_metadata
     from shieldkit.data import load_dataset
+    from shieldkit.data import validate as dv
     from shieldkit.errors import InputError
     from shieldkit.models import bn_layers, save_model
     from shieldkit.models.importers import check_input_normalisation, import_model
@@ -92,7 +93,7 @@ def import_model_cmd(
 
     v.check_out_file(out)
     v.check_existing_file(weights, "--weights")
-    v.check_dataset(data, data_root)
+    dv.check_dataset(data, data_root)
     if num_classes is not None:
         v.check_num_classes(num_classes)
     for value, flag in ((in_channels, "--in-channels"), (image_size, "--image-size")):
@@ -218,6 +219,7 @@ def dist_evaluate(
     from shieldkit.cli.common import alias_value, console, resolve_threat_model
     from shieldkit.config import save_run_metadata
     from shieldkit.data import load_dataset
+    from shieldkit.data import validate as dv
     from shieldkit.distributed import dist
     from shieldkit.distributed.evaluation import evaluate_distributed
     from shieldkit.models.importers import load_imported
@@ -225,7 +227,7 @@ def dist_evaluate(
     from shieldkit.utils.io import atomic_write_json
 
     v.check_model_path(model_path, "--model")
-    v.check_dataset(data, data_root)
+    dv.check_dataset(data, data_root)
     v.check_norm(norm)
     if eps is not None:
         v.check_eps(eps, norm)

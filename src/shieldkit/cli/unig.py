@@ -48,6 +48,7 @@ def sqa(
 
     from shieldkit.attacks.query import ATTACKS, run_query_suite
     from shieldkit.data import load_dataset
+    from shieldkit.data import validate as dv
     from shieldkit.defenses.rnd import RandomNoiseDefense
     from shieldkit.defenses.unig import UniG, UniGConfig
     from shieldkit.models import load_model
@@ -74,7 +75,7 @@ def sqa(
         v.check_positive_int(steps, "--steps")
     v.check_model_path(model_path, "--model")
     v.check_existing_file(references, "--references")
-    v.check_dataset(data, data_root)
+    dv.check_dataset(data, data_root)
     v.check_out_file(out)
     dev = resolve_device(device)
     e = resolve_threat_model(eps, norm, model=model_path, data=data).eps

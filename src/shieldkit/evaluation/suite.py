@@ -761,7 +761,8 @@ def _run_all(ev: _Evaluator, audit: list[dict]) -> dict:
         if ev.train_data is None:
             ev.notes.append("transfer attack skipped: no training images given (train_data / --data train split)")
         else:
-            from shieldkit.attacks.transfer import train_substitute, transfer_attack
+            from shieldkit.attacks.transfer import transfer_attack
+            from shieldkit.training.substitute import train_substitute
 
             ev.log("training substitute …")
             t0 = time.perf_counter()

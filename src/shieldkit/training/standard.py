@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shieldkit.data.augment import random_shift
 from shieldkit.data.base import ImageDataset
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
@@ -28,21 +29,6 @@ class StandardTrainConfig:
     weight_decay: float = 5e-4
     shift: int = 2  # random-translation augmentation (pixels); 0 disables
     seed: int = 0
-
-
-def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (zero padding)."""
-    if max_shift <= 0:
-        return x
-    n, _, h, w = x.shape
-    pad = F.pad(x, (max_shift,) * 4)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1) + torch.arange(h).view(1, h)).to(x.device)
-    cols = (dx.view(n, 1) + torch.arange(w).view(1, w)).to(x.device)
-    idx_n = torch.arange(n, device=x.device).view(n, 1, 1)
-    out = pad.permute(0, 2, 3, 1)[idx_n, rows.view(n, h, 1), cols.view(n, 1, w)]
-    return out.permute(0, 3, 1, 2).contiguous()
 
 
 @torch.no_grad()

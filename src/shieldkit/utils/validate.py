@@ -272,18 +272,6 @@ def resolve_device(name: Any = "auto", flag: str = "--device"):  # noqa: ANN201 
     return torch.device(text)
 
 
-def check_dataset(name: str | None, root: str | Path | None = None, flag: str = "--data",
-                  root_flag: str = "--data-root") -> str | None:
-    """Old name of :func:`shieldkit.data.validate.check_dataset` (the dataset check needs the data
-    registry, so it lives in the data layer). Kept because tests/test_validate.py calls it and
-    tests/test_bad_inputs.py monkeypatches it here to reach the CLI's error handler; the CLI therefore
-    still calls it under this name. Issue 14: remove it (and its ``ignore_imports`` entry in
-    pyproject.toml) once those tests use ``shieldkit.data.validate``."""
-    from shieldkit.data.validate import check_dataset as _check_dataset
-
-    return _check_dataset(name, root, flag=flag, root_flag=root_flag)
-
-
 def check_model_path(path: str | Path | None, flag: str = "--model") -> Path | None:
     """A shieldkit model: ``X.safetensors`` with its ``X.json`` sidecar (path given with or without the
     extension). Only existence is checked here; the file's contents are checked when it is read."""
