@@ -45,11 +45,12 @@ from shieldkit.defenses.classic import (
     swap_relu_for_kwta,
     tvm_defense,
 )
+from shieldkit.defenses.mmc import attach_mmc_head
 from shieldkit.defenses.smoothing import Smooth, certified_accuracy, certify_dataset, max_certifiable_radius
 from shieldkit.evaluation import breaks as B
 from shieldkit.evaluation.basic import evaluate_basic
 from shieldkit.models import create_model, load_model, save_model
-from shieldkit.training.objectives_classic import attach_mmc_head, train_defensive_distillation
+from shieldkit.training.defense_training import train_defensive_distillation
 from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
 from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier
 from shieldkit.utils.io import atomic_write_json, atomic_write_text, load_tensors

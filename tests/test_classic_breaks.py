@@ -28,10 +28,10 @@ from shieldkit.defenses.classic import (
     tvm_defense,
     zero_jacobian,
 )
+from shieldkit.defenses.mmc import attach_mmc_head
 from shieldkit.defenses.temperature import TemperatureScaled
 from shieldkit.evaluation import breaks as B
 from shieldkit.models import create_model
-from shieldkit.training.objectives_classic import attach_mmc_head
 from shieldkit.training.robust import RobustTrainConfig, train_robust
 from shieldkit.training.standard import StandardTrainConfig, train_classifier
 

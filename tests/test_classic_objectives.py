@@ -1,4 +1,5 @@
-"""Hand-computed checks of the classic adversarial-training objectives (objectives_classic)."""
+"""Hand-computed checks of the classic adversarial-training objectives (adversarial_losses) and the early
+defences' own training objectives (defense_training, defenses.mmc)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from shieldkit.attacks.pgd import PGDConfig
-from shieldkit.training.objectives import OBJECTIVES, Batch, create_objective
-from shieldkit.training.objectives_classic import (
+from shieldkit.defenses.mmc import attach_mmc_head, find_mmc_head, max_mahalanobis_centers
+from shieldkit.training.adversarial_losses import (
     ALP,
     CLP,
     FGSMAT,
     MART,
     TRADES,
-    DefensiveDistillation,
     DynamicAT,
-    attach_mmc_head,
-    find_mmc_head,
     fosc,
     logit_pairing,
     mart_bce,
-    max_mahalanobis_centers,
     vat_perturbation,
 )
+from shieldkit.training.defense_training import DefensiveDistillation
+from shieldkit.training.objectives import OBJECTIVES, Batch, create_objective
 
 ATTACK = PGDConfig(eps=0.2, steps=3, alpha=0.1, start="uniform")
 
@@ -56,8 +55,9 @@ CLASSIC_NAMES = {"pgd_at", "std", "trades", "mart", "fgsm_at", "alp", "clp", "va
 
 
 def test_registered_names_and_kwargs() -> None:
-    # exactly these names come from objectives_classic (none missing, none extra, none shadowed elsewhere)
-    classic = {n for n, cls in OBJECTIVES.items() if cls.__module__ == "shieldkit.training.objectives_classic"}
+    # exactly these names come from adversarial_losses / defense_training (none missing, extra or shadowed)
+    classic = {n for n, cls in OBJECTIVES.items()
+               if cls.__module__ in ("shieldkit.training.adversarial_losses", "shieldkit.training.defense_training")}
     assert classic == CLASSIC_NAMES
     for name in sorted(CLASSIC_NAMES):
         obj = create_objective(name, ATTACK)

@@ -18,8 +18,8 @@ from shieldkit.synthesis.baselines import (
     dfard_generator_loss,
     dfme_generator_loss,
 )
+from shieldkit.training.distillation_losses import l1_logit_gap
 from shieldkit.training.objectives import OBJECTIVES, Batch, create_objective
-from shieldkit.training.objectives_zoo import l1_logit_gap
 
 ATTACK = PGDConfig(eps=0.2, steps=2)
 
@@ -37,10 +37,10 @@ def softmax(v: list[float], t: float = 1.0) -> list[float]:
 def test_zoo_registered_and_classic_reused():
     for name in ("ard", "rslad", "dfme_l1", "dfard_kl"):
         create_objective(name, ATTACK)
-    # STD / TRADES / MART come from objectives_classic, not copies here
+    # STD / TRADES / MART come from adversarial_losses, not copies here
     for name in ("std", "trades", "mart"):
         create_objective(name, ATTACK)
-        assert OBJECTIVES[name].__module__ == "shieldkit.training.objectives_classic"
+        assert OBJECTIVES[name].__module__ == "shieldkit.training.adversarial_losses"
 
 
 def test_rslad_hand_computed():

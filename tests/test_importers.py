@@ -13,14 +13,10 @@ from torch import nn
 from shieldkit.data import load_dataset
 from shieldkit.evaluation.basic import evaluate_basic
 from shieldkit.models import bn_layers, create_model, save_model
-from shieldkit.models.importers import (
-    ModelImportError,
-    NormalisationMismatch,
-    check_input_normalisation,
-    import_model,
-    load_imported,
-    unscript,
-)
+from shieldkit.models.bundle import load_imported
+from shieldkit.models.importers import ModelImportError, import_model
+from shieldkit.models.normcheck import NormalisationMismatch, check_input_normalisation
+from shieldkit.models.unscript import unscript
 from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
 from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
 from shieldkit.training.standard import StandardTrainConfig, accuracy, train_classifier

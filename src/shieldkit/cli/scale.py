@@ -9,7 +9,7 @@ The ``dist-*`` commands are meant for ``torchrun`` (they also run in one process
 
 Every command takes ``--config`` (a YAML file or a preset such as ``paper/cifar10-resnet20-linf4``);
 flags typed on the command line override it. Models are loaded with
-:func:`shieldkit.models.importers.load_imported`, so registry models and imported ones both work.
+:func:`shieldkit.models.bundle.load_imported`, so registry models and imported ones both work.
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def import_model_cmd(
     from shieldkit.data import validate as dv
     from shieldkit.errors import InputError
     from shieldkit.models import bn_layers, save_model
-    from shieldkit.models.importers import check_input_normalisation, import_model
+    from shieldkit.models.importers import import_model
+    from shieldkit.models.normcheck import check_input_normalisation
     from shieldkit.models.pysource import parse_init_args, split_class_spec
     from shieldkit.utils import validate as v
 
@@ -158,7 +159,7 @@ def dist_train(
     from shieldkit.distributed import dist
     from shieldkit.distributed.training import train_robust_distributed
     from shieldkit.models import save_model
-    from shieldkit.models.importers import load_imported
+    from shieldkit.models.bundle import load_imported
     from shieldkit.synthesis import load_synthetic
     from shieldkit.training.robust import init_student
     from shieldkit.utils import validate as v
@@ -222,7 +223,7 @@ def dist_evaluate(
     from shieldkit.data import validate as dv
     from shieldkit.distributed import dist
     from shieldkit.distributed.evaluation import evaluate_distributed
-    from shieldkit.models.importers import load_imported
+    from shieldkit.models.bundle import load_imported
     from shieldkit.utils import validate as v
     from shieldkit.utils.io import atomic_write_json
 

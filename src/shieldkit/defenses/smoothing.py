@@ -13,7 +13,7 @@ PREDICT (§3.1) returns the top class only if a two-sided binomial test of n_A v
 rejects equality at level α, else ABSTAIN — so a returned prediction differs from g(x) w.p. ≤ α.
 
 The base classifier is trained with Gaussian data augmentation at the same σ (objective
-``"gaussian_aug"`` in :mod:`shieldkit.training.objectives_classic`). Noise is drawn from an explicit
+``"gaussian_aug"`` in :mod:`shieldkit.training.defense_training`). Noise is drawn from an explicit
 generator, so certificates are reproducible.
 """
 

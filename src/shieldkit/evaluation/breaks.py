@@ -47,10 +47,10 @@ from shieldkit.defenses.classic import (
     MixupInference,
     ThermometerEncoded,
 )
+from shieldkit.defenses.mmc import find_mmc_head
 from shieldkit.defenses.temperature import TemperatureScaled
 from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.stats import accuracy_summary
-from shieldkit.training.objectives_classic import find_mmc_head
 from shieldkit.utils.seed import derive_seed, make_generator
 
 # Does the literature consider the defence broken (so the adaptive attack should reach ≤ 5 %)?

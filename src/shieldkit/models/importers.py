@@ -11,8 +11,8 @@ logits out, normalisation inside, ``.features(x)`` (penultimate features) and ``
   from the user's pytorchcv cache (``~/.torch/models/<name>-*.pth``) when the file is there.
 * **TorchScript file** (``torch.jit.load``). Synthesis needs forward hooks on BatchNorm layers and
   training needs train-mode BN, neither of which a ScriptModule offers (hooks cannot be registered,
-  and a *traced* BN is frozen in eval mode). :func:`unscript` therefore rebuilds an eager module:
-  every BatchNorm becomes a real ``nn.BatchNorm*d`` with the same parameters and statistics, every
+  and a *traced* BN is frozen in eval mode). :func:`~shieldkit.models.unscript.unscript` rebuilds an eager
+  module: every BatchNorm becomes a real ``nn.BatchNorm*d`` with the same parameters and statistics, every
   container that holds one is re-created from its TorchScript code (the code TorchScript prints is
   Python), and BN-free sub-trees stay compiled. The result is checked against the TorchScript
   module's outputs; if anything fails it says so and, if an architecture name is also given, the
@@ -29,7 +29,8 @@ logits out, normalisation inside, ``.features(x)`` (penultimate features) and ``
 Self-contained saving: for the file routes (TorchScript, torch.export, Python class) the card records the
 file's sha256 and :func:`shieldkit.models.save_model` copies the file next to the weights (``OUT.arch.ts`` /
 ``OUT.arch.pt2`` / ``OUT.arch.py``, ``extra["import"]["arch_file"]`` relative to the sidecar); loading uses
-that copy and refuses it (``IntegrityError``) if its sha256 changed. The folder can be moved or shipped whole.
+that copy and refuses it (``IntegrityError``) if its sha256 changed
+(:mod:`shieldkit.models.bundle`). The folder can be moved or shipped whole.
 Sidecars written before this (an absolute ``path``, no hash) load as they did.
 
 Discovery (with a clear error naming what is missing and how to point at it):
@@ -45,17 +46,14 @@ Discovery (with a clear error naming what is missing and how to point at it):
 * Input channels: a 3-channel model fed 1-channel data repeats the grey channel (``gray_to_rgb``).
 
 Normalisation is declared once (``mean``/``std`` of the model's expected input, in [0, 1] pixel
-units) and :func:`check_input_normalisation` catches a wrong declaration: it compares clean accuracy
-(or, without labels, logit statistics) under the declared normalisation with common alternatives and
-the data's own statistics.
+units) and :func:`~shieldkit.models.normcheck.check_input_normalisation` catches a wrong declaration: it
+compares clean accuracy (or, without labels, logit statistics) under the declared normalisation with common
+alternatives and the data's own statistics.
 """
 
 from __future__ import annotations
-import __future__
 
 import copy
-import importlib
-import re
 import warnings
 import zipfile
 from collections.abc import Sequence
@@ -64,22 +62,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from shieldkit.errors import CorruptFileError, IncompatibleError, InputError, IntegrityError, MissingInputError
+from shieldkit.errors import CorruptFileError, IncompatibleError, InputError, MissingInputError
 from shieldkit.models.exported_program import is_exported_program_file, load_exported
 from shieldkit.models.introspect import bn_layers
-from shieldkit.models.pysource import build_from_file, parse_init_args, sha256_file, split_class_spec, verify_sha256
+from shieldkit.models.pysource import build_from_file, parse_init_args, split_class_spec, verify_sha256
 from shieldkit.models.registry import MODELS
+from shieldkit.models.unscript import _script_original_name, unscript
 from shieldkit.models.wrapper import ModelCard, NormalizedClassifier
 from shieldkit.utils.io import load_tensors, safe_torch_load
 
 SOURCES = ("torchvision", "timm", "pytorchcv", "torchscript", "python", "export", "shieldkit")
 PYTORCHCV_CACHE = Path("~/.torch/models")
-COMMON_NORMALISATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    "none (mean 0, std 1)": ((0.0,), (1.0,)),
-    "mean 0.5, std 0.5 ([-1, 1])": ((0.5,), (0.5,)),
-    "ImageNet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "CIFAR-10 (pytorchcv)": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-}
 
 
 class ModelImportError(InputError):
@@ -193,129 +186,7 @@ def is_torchscript_file(path: str | Path) -> bool:
         return False
 
 
-# ----------------------------------------------------------------------------- TorchScript → eager
-_BN_EAGER = {"BatchNorm1d": nn.BatchNorm1d, "BatchNorm2d": nn.BatchNorm2d, "BatchNorm3d": nn.BatchNorm3d}
-
-
-def _script_original_name(m: nn.Module) -> str | None:
-    return getattr(m, "original_name", None) if isinstance(m, torch.jit.ScriptModule) else None
-
-
-def _contains_bn(m: nn.Module) -> bool:
-    return any(_script_original_name(s) in _BN_EAGER or isinstance(s, nn.modules.batchnorm._BatchNorm)
-               for s in m.modules())
-
-
-def _eager_bn(m: torch.jit.ScriptModule) -> nn.Module:
-    weight = getattr(m, "weight", None)
-    rm = getattr(m, "running_mean", None)
-    num = int((weight if weight is not None else rm).shape[0])
-    eps = getattr(m, "eps", None)
-    momentum = getattr(m, "momentum", None)
-    if eps is None or momentum is None:  # traced BN: the constants are literals in its code
-        nums = re.findall(r"batch_norm\([^)]*?,\s*(?:False|True),\s*([0-9.e+-]+),\s*([0-9.e+-]+)", m.code)
-        momentum, eps = (float(nums[0][0]), float(nums[0][1])) if nums else (0.1, 1e-5)
-    bn = _BN_EAGER[m.original_name](num, eps=float(eps), momentum=float(momentum), affine=weight is not None,
-                                    track_running_stats=rm is not None)
-    with torch.no_grad():
-        for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
-            getattr(bn, name).copy_(t)
-    return bn.train(m.training)
-
-
-class _QualifiedName:
-    """Resolves TorchScript's ``__torch__.torch.nn.functional.relu`` (and mangled names) to Python objects."""
-
-    def __init__(self, path: tuple[str, ...] = ()) -> None:
-        self._path = path
-
-    def __getattr__(self, part: str) -> object:
-        if part.startswith("___torch_mangle"):
-            return self
-        path = (*self._path, part)
-        for i in range(len(path), 0, -1):
-            try:
-                obj = importlib.import_module(".".join(path[:i]))
-            except ImportError:
-                continue
-            for p in path[i:]:
-                if not hasattr(obj, p):
-                    return _QualifiedName(path)
-                obj = getattr(obj, p)
-            return obj
-        return _QualifiedName(path)
-
-
-class _TorchShim:
-    """``torch`` as TorchScript prints it: in-place functions such as ``torch.add_(a, b)`` are methods."""
-
-    def __getattr__(self, name: str) -> object:
-        if hasattr(torch, name):
-            return getattr(torch, name)
-        if name.endswith("_"):
-            return lambda t, *a, **k: getattr(t, name)(*a, **k)
-        raise AttributeError(f"torch.{name}")
-
-
-def _namespace(constants: dict) -> dict:
-    import typing
-
-    class _Consts:
-        def __getattr__(self, k: str) -> object:
-            return constants[k]
-
-    return {"torch": _TorchShim(), "__torch__": _QualifiedName(), "ops": torch.ops, "Tensor": torch.Tensor,
-            "annotate": lambda _t, v: v, "uninitialized": lambda _t: None, "unchecked_cast": lambda _t, v: v,
-            "CONSTANTS": _Consts(), "List": typing.List, "Optional": typing.Optional,  # noqa: UP006
-            "Tuple": typing.Tuple, "Dict": typing.Dict, "NoneType": type(None), "math": __import__("math")}  # noqa: UP006
-
-
-def unscript(m: nn.Module) -> nn.Module:
-    """An eager copy of a TorchScript module in which BatchNorm layers are real ``nn.BatchNorm*d``.
-
-    ``nn.Linear`` layers are made eager too (the head's input is read by a hook). Sub-trees without
-    either stay compiled (callable, trainable, their parameters shared with the
-    result's state_dict under the same names). Raises if a container's code cannot be run as Python.
-    """
-    name = _script_original_name(m)
-    if name is None:
-        return m
-    if name in _BN_EAGER:
-        return _eager_bn(m)
-    if name == "Linear":  # eager, so that the head's input (the features) can be read by a hook
-        lin = nn.Linear(m.weight.shape[1], m.weight.shape[0], bias=getattr(m, "bias", None) is not None)
-        with torch.no_grad():
-            lin.load_state_dict(m.state_dict())
-        return lin
-    if not _contains_bn(m) and not any(_script_original_name(s) == "Linear" for s in m.modules()):
-        return m
-    methods: dict[str, object] = {}
-    names = [n for n in m._c._method_names() if not n.startswith("__")]  # dunders (__len__) are not needed
-    for meth in names:
-        code, consts = getattr(m, meth).code_with_constants
-        ns = _namespace(dict(getattr(consts, "const_mapping", consts)))
-        code = re.sub(r"\)\.forward\(", ")(", code)  # call modules, not .forward: hooks must fire
-        exec(compile(code, f"<torchscript {name}.{meth}>", "exec",  # noqa: S102 - code of the user's own model
-                     flags=__future__.annotations.compiler_flag, dont_inherit=True), ns)
-        methods[meth] = ns[meth]
-    cls = type(f"Unscripted{name}", (nn.Module,), methods)
-    eager = cls()
-    for cname, child in m.named_children():
-        eager.add_module(cname, unscript(child))
-    for pname, p in m.named_parameters(recurse=False):
-        eager.register_parameter(pname, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
-    for bname, b in m.named_buffers(recurse=False):
-        eager.register_buffer(bname, b.detach().clone())
-    code = "\n".join(getattr(m, meth).code for meth in names)
-    for attr in set(re.findall(r"self\.([A-Za-z_]\w*)", code)) - {"training"}:
-        if attr not in eager._modules and attr not in eager._parameters and attr not in eager._buffers:
-            try:
-                setattr(eager, attr, getattr(m, attr))
-            except AttributeError:
-                continue
-    return eager.train(m.training)
-
-
+# ----------------------------------------------------------------------------- TorchScript files
 def load_torchscript(path: str | Path, arch: str | None = None, num_classes: int | None = None,
                      in_channels: int | None = None, image_size: int | None = None) -> tuple[nn.Module, str]:
     """Load a TorchScript file as an eager module; returns (module, how) with ``how`` one of
@@ -657,189 +528,9 @@ def _check_contract(model: NormalizedClassifier, c: int, size: int, num_classes:
                                    f"penultimate features with --features-layer NAME.")
 
 
-# ----------------------------------------------------------------------------- normalisation sanity check
-class NormalisationMismatch(IncompatibleError):  # noqa: N818 - named for what users see
-    """The declared input normalisation is very likely wrong for this model (or, at chance accuracy, the
-    weights / class order / data do not belong to it)."""
-
-
-@torch.no_grad()
-def check_input_normalisation(model: NormalizedClassifier, x: torch.Tensor, y: torch.Tensor | None = None, *,
-                              margin: float = 0.15, raise_on_mismatch: bool = True,
-                              device: str | torch.device = "cpu") -> dict:
-    """Is the declared ``mean``/``std`` the one the model was trained with?
-
-    With labels: clean accuracy under the declared normalisation vs the alternatives (none, ±1,
-    ImageNet, CIFAR, and the data's own per-channel statistics); if one beats the declared one by more
-    than ``margin`` (absolute accuracy), it is a mismatch. Without labels: the logit statistics — a
-    model fed wrongly scaled inputs typically predicts one class for most images; if the declared
-    normalisation's predictions collapse (> 90 % one class) while an alternative's do not, mismatch.
-    With labels, clean accuracy at chance level (≤ 1/C + max(0.02, 2/n)) under the declared normalisation
-    also fails (``report["chance"]``), whatever the alternatives score: the check cannot pass on a model
-    that does not classify the data at all (random or wrong weights, another dataset or class order).
-    Returns the measurements; raises :class:`NormalisationMismatch` (or warns) with the fix.
-    """
-    c = model.card.in_channels
-    x = x.to(device)
-    data_mean = x.mean(dim=(0, 2, 3)).tolist()
-    data_std = x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist()
-    candidates = {"declared": (model.card.mean, model.card.std), "data statistics": (data_mean, data_std)}
-    for k, (m, s) in COMMON_NORMALISATIONS.items():
-        if len(m) in (1, c):
-            candidates[k] = (list(m) * (c // len(m)), list(s) * (c // len(s)))
-    old_mean, old_std = model.mean.clone(), model.std.clone()
-    model.to(device).eval()
-    scores: dict[str, dict] = {}
-    try:
-        for k, (m, s) in candidates.items():
-            model.mean.copy_(torch.tensor(m).view_as(model.mean))
-            model.std.copy_(torch.tensor(s).view_as(model.std))
-            logits = torch.cat([model(x[i:i + 256]) for i in range(0, len(x), 256)])
-            pred = logits.argmax(1).cpu()
-            top_share = pred.bincount(minlength=logits.shape[1]).max().item() / len(pred)
-            scores[k] = {"mean": [round(v, 4) for v in m], "std": [round(v, 4) for v in s],
-                         "top_class_share": top_share, "logit_std": logits.std().item()}
-            if y is not None:
-                scores[k]["accuracy"] = (pred == y.cpu()).float().mean().item()
-    finally:
-        model.mean.copy_(old_mean)
-        model.std.copy_(old_std)
-    declared = scores["declared"]
-    if y is not None:
-        best = max(scores, key=lambda k: scores[k]["accuracy"])
-        bad = scores[best]["accuracy"] - declared["accuracy"] > margin
-        evidence = (f"clean accuracy {declared['accuracy']:.1%} with the declared normalisation, "
-                    f"{scores[best]['accuracy']:.1%} with '{best}'")
-    else:
-        ok = [k for k in scores if k != "declared" and scores[k]["top_class_share"] < 0.5]
-        best = ok[0] if ok else "declared"
-        bad = declared["top_class_share"] > 0.9 and bool(ok)
-        evidence = (f"{declared['top_class_share']:.0%} of the images get the same class with the declared "
-                    f"normalisation, {scores[best]['top_class_share']:.0%} with '{best}'")
-    chance = False
-    if y is not None:
-        n_cls = int(model.card.num_classes or logits.shape[1])
-        chance_level = 1.0 / n_cls + max(0.02, 2.0 / max(len(x), 1))
-        chance = declared["accuracy"] <= chance_level
-    report = {"ok": not (bad or chance), "best": best, "chance": chance, "candidates": scores}
-    if chance and not bad:
-        msg = (f"clean accuracy {declared['accuracy']:.1%} on {len(x)} test points is at chance level "
-               f"(≤ {chance_level:.1%} for {n_cls} classes) with the declared normalisation (best alternative "
-               f"'{best}': {scores[best]['accuracy']:.1%}): the model does not classify this data")
-        fix = ("check --weights (trained? this architecture / --init-args?), --data and its class order, and "
-               "--mean/--std; --check-n 0 skips the check")
-        if raise_on_mismatch:
-            raise NormalisationMismatch(msg, hint=fix)
-        warnings.warn(f"{msg}; {fix}", stacklevel=2)
-    elif bad:
-        msg = (f"input normalisation mismatch: {evidence}. The model probably expects inputs normalised with "
-               f"mean={scores[best]['mean']} std={scores[best]['std']} (declared mean={model.card.mean} "
-               f"std={model.card.std}). Declare it with --mean/--std (in [0, 1] pixel units).")
-        if raise_on_mismatch:
-            raise NormalisationMismatch(msg)
-        warnings.warn(msg, stacklevel=2)
-    return report
-
-
 def _submodule(model: nn.Module, name: str) -> nn.Module:
     """``get_submodule`` that also works on (partly) compiled TorchScript modules."""
     mods = dict(model.named_modules())
     if name not in mods:
         raise ModelImportError(f"the model has no layer named {name!r}")
     return mods[name]
-
-
-# ----------------------------------------------------------------------------- saving / reloading
-ARCH_SUFFIX = {"torchscript": ".arch.ts", "python": ".arch.py", "export": ".arch.pt2"}
-
-
-def arch_file_source(card: ModelCard) -> Path | None:
-    """The file an imported model's architecture is read from (TorchScript archive / Python source), if any."""
-    spec = card.extra.get("import") or {}
-    return Path(spec["path"]) if spec.get("source") in ARCH_SUFFIX and spec.get("path") else None
-
-
-def bundle_architecture(card: ModelCard, weights: Path) -> dict:
-    """Copy an imported model's architecture file next to its weights (``<stem>.arch.ts`` / ``<stem>.arch.py``)
-    and return the card dict to write to the sidecar: ``extra["import"]`` gains ``arch_file`` (the copy's
-    name, relative to the sidecar's folder) and ``arch_sha256``; the absolute ``path`` is not written (it
-    stays in memory, pointing at the copy). The source's hash is verified first: the weights belong to
-    the code that was imported. Other models: the card as it is."""
-    import shutil
-
-    d = card.to_dict()
-    src = arch_file_source(card)
-    if src is None:
-        return d
-    spec = dict(card.extra["import"])
-    digest = verify_sha256(src, spec.get("arch_sha256"))
-    stem = weights.name[: -len(".safetensors")] if weights.name.endswith(".safetensors") else weights.stem
-    dest = weights.with_name(stem + ARCH_SUFFIX[spec["source"]])
-    if dest.resolve() != src.resolve():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(dest.name + ".tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dest)
-    if sha256_file(dest) != digest:
-        raise IntegrityError(f"{dest}: copy of the architecture source does not match its sha256")
-    card.extra["import"]["path"] = str(dest.resolve())  # the in-memory model now points at its own copy
-    card.extra["import"]["arch_sha256"] = digest
-    spec.pop("path", None)
-    d["extra"]["import"] = {**spec, "arch_file": dest.name, "arch_sha256": digest}
-    return d
-
-
-def rebuild_imported(card: ModelCard, base_dir: str | Path | None = None) -> NormalizedClassifier:
-    """Re-create an imported model's architecture from its card (weights are then loaded by the caller).
-
-    The import spec in ``card.extra["import"]`` names the architecture and the head/features/channel
-    choices. For a TorchScript or Python-class model the architecture is the file ``arch_file`` in
-    ``base_dir`` (the sidecar's folder), whose sha256 must equal ``arch_sha256`` (``IntegrityError``
-    otherwise). Sidecars written before self-contained saving carry an absolute ``path`` instead (no hash):
-    that file must still exist and is used as it is.
-    """
-    spec = card.extra.get("import")
-    if not spec:
-        raise ModelImportError(f"model card for {card.arch!r} carries no import spec; it was not made by import_model")
-    expected = None
-    if spec["source"] in ARCH_SUFFIX:
-        if spec.get("arch_file"):
-            file = Path(base_dir or ".") / spec["arch_file"]
-            expected = spec.get("arch_sha256")
-            verify_sha256(file, expected)
-        else:  # old sidecar: absolute path, no hash
-            file = Path(spec["path"])
-        source = f"{file}:{spec['class']}" if spec["source"] == "python" else str(file)
-    else:
-        source = spec["arch"]
-    arch = spec.get("arch") if spec["source"] == "torchscript" else None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "random weights": the trained weights are loaded next
-        model = import_model(source, arch=arch, num_classes=card.num_classes, in_channels=card.in_channels,
-                             image_size=card.image_size, mean=card.mean, std=card.std,
-                             head_layer=spec.get("head_layer"), features_layer=spec.get("features_layer"),
-                             dataset=card.dataset, classes=card.classes, init_args=spec.get("init_args"),
-                             expected_sha256=expected)
-    return model
-
-
-def load_imported(path: str | Path, device: str | torch.device = "cpu") -> NormalizedClassifier:
-    """Load a model saved with :func:`shieldkit.models.save_model` that came from :func:`import_model`
-    (``load_model`` only knows registry architectures); registry models are passed to ``load_model``."""
-    from shieldkit.models.io import _paths, load_model
-    from shieldkit.utils.io import read_json
-
-    weights, sidecar = _paths(path)
-    if not sidecar.exists():
-        raise MissingInputError(f"{sidecar}: missing JSON sidecar of {weights}")
-    card = ModelCard.from_dict(read_json(sidecar))
-    if not card.arch.startswith("imported:"):
-        return load_model(path, device=str(device))
-    model = rebuild_imported(card, base_dir=sidecar.parent)
-    current = model.card.extra.get("import", {}).get("path")
-    model.card.arch = card.arch  # the label recorded at import (rebuilding from the copy names the copy)
-    model.card.extra = dict(card.extra)
-    if current is not None and card.extra["import"].get("source") in ARCH_SUFFIX:
-        model.card.extra["import"] = {**card.extra["import"], "path": current}  # in memory: where the code is
-    model.load_state_dict(load_tensors(weights), strict=True)
-    return model.to(device).eval()

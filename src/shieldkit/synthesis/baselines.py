@@ -50,8 +50,8 @@ from torch import nn
 from shieldkit.attacks.pgd import PGDConfig
 from shieldkit.synthesis.generators import ConvGenerator, create_generator
 from shieldkit.synthesis.losses import BNStatistics
+from shieldkit.training.distillation_losses import l1_logit_gap
 from shieldkit.training.objectives import Batch, Objective, create_objective, kl_div_batchmean
-from shieldkit.training.objectives_zoo import l1_logit_gap
 from shieldkit.utils.progress import progress_bar
 from shieldkit.utils.seed import derive_seed, make_generator
 

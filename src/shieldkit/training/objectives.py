@@ -44,7 +44,8 @@ def _load_zoo() -> None:
     """Import sibling modules that register more objectives (they may not all be present)."""
     import importlib
 
-    for mod in ("shieldkit.training.objectives_zoo", "shieldkit.training.objectives_classic"):
+    for mod in ("shieldkit.training.distillation_losses", "shieldkit.training.adversarial_losses",
+                "shieldkit.training.defense_training"):
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:

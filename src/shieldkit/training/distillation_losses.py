@@ -8,7 +8,7 @@ Registered names (use :func:`shieldkit.training.objectives.create_objective`):
 * ``dfme_l1`` — DFME's ℓ1 logit loss with the student input perturbed (DataFreeShield Table 2)
 * ``dfard_kl`` — DFARD's temperature-scaled KL with the student input perturbed (Table 2)
 
-STD (Madry PGD-AT), TRADES and MART live in ``objectives_classic`` (names ``std``/``pgd_at``,
+STD (Madry PGD-AT), TRADES and MART live in ``adversarial_losses`` (names ``std``/``pgd_at``,
 ``trades``, ``mart``) and L_DFShield in ``objectives`` (``dfshield``); this module does not copy them.
 
 Every loss is split into ``loss_terms(...)`` on given logits (so tests check it on hand-computed values)
