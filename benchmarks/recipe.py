@@ -156,7 +156,33 @@ def render(rows: dict) -> str:
                              f"{_pct(r['pgd'])} | {_pct(r['autoattack'])} | {r['n']} / {r['aa_n'] or 0} | "
                              f"{r['updates']} |")
         lines.append("")
+    lines += contrasts(everything)
     return "\n".join(lines)
+
+
+# (label, row measured, row compared with): what one factor group moves, on the same teacher and ε
+CONTRASTS = (
+    ("synthetic set vs real digits (same training)", "base", "real_data"),
+    ("new synthesis (clamp + random labels), old training", "old_training", "old_recipe"),
+    ("new training (T = 1, separate BN, teacher-target PGD, uniform start, no warm-up/clip), new synthesis",
+     "base", "old_training"),
+    ("all of issue 16's reference recipe vs shieldkit's before", "base", "old_recipe"),
+)
+
+
+def contrasts(rows: dict) -> list[str]:
+    """Differences (percentage points, clean / PGD-20) between rows that exist for the same teacher and ε."""
+    by = {(r["eps"], r.get("teacher") or "mnist_cnn", r["name"]): r for r in rows.values()}
+    out = ["## Contrasts (percentage points, clean / PGD-20)", "", "| ε | teacher | contrast | Δ clean | Δ PGD-20 |",
+           "|---|---|---|---|---|"]
+    for eps, teacher in sorted({(e, t) for e, t, _ in by}):
+        for label, a, b in CONTRASTS:
+            ra, rb = by.get((eps, teacher, a)), by.get((eps, teacher, b))
+            if ra and rb:
+                out.append(f"| {eps:g} | {teacher} | {label} (`{a}` − `{b}`) | "
+                           f"{100 * (ra['clean_acc'] - rb['clean_acc']):+.1f} | "
+                           f"{100 * (ra['pgd_acc'] - rb['pgd_acc']):+.1f} |")
+    return [*out, ""]
 
 
 def save(rows: dict) -> None:
