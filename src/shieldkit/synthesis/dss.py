@@ -82,7 +82,8 @@ class SynthesisConfig:
     # Project the image onto the valid pixel range [0, 1] after every Adam step (issue 16). Measured at ε = 0.2
     # (benchmarks/results/recipe.md, 1,200 samples × 200 iterations, 300 updates): with clamping and random
     # labels the student reaches 86.6 % clean / 19.0 % PGD-20 on the mnist_cnn teacher (64.4 / 14.0 without)
-    # and 87.8 / 28.2 on mnist_cnn5 (57.2 / 15.2 without), the training unchanged. Off by default until the demo's ε = 0.1 budget has been re-measured with it on.
+    # and 87.8 / 28.2 on mnist_cnn5 (57.2 / 15.2 without), the training unchanged. Off by default until the demo's
+    # ε = 0.1 budget has been re-measured with it on.
     clamp: bool = False
     seed: int = 0
     extra: dict = field(default_factory=dict)
