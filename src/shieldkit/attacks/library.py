@@ -11,7 +11,9 @@ explicitly and restores the global torch (CPU + CUDA), numpy and ``random`` stat
 (:func:`preserved_rng`), so calling an attack never perturbs the caller's randomness.
 
 Why libraries: AutoAttack (Croce & Hein 2020) is *the* reference evaluation and must run through the
-official code (PyPI ``pyautoattack``) to be comparable to RobustBench; torchattacks provides FGSM,
+official code (PyPI ``pyautoattack``) to be comparable to RobustBench — by default its runner and attack
+classes run with the cheaper, bitwise-equal model evaluation of :mod:`shieldkit.attacks.fast_autoattack`
+(``backend="fast"``; ``backend="pyautoattack"`` runs the package untouched); torchattacks provides FGSM,
 CW-ℓ2 (Carlini & Wagner 2017), Square (Andriushchenko et al. 2020) and SPSA (Uesato et al. 2018,
 advertorch's implementation); ART provides the decision-based HopSkipJump (Chen et al. 2020) and
 Boundary (Brendel et al. 2018) attacks. ART has no SPSA for PyTorch models.
@@ -32,6 +34,12 @@ from torch import nn
 
 _AA_NORMS = {"linf": "Linf", "l2": "L2", "l1": "L1", "Linf": "Linf", "L2": "L2", "L1": "L1"}
 AA_VERSIONS = ("standard", "rand", "plus")
+# "fast": pyautoattack's runner and attack classes with the model evaluated more cheaply, bitwise the same
+# (shieldkit.attacks.fast_autoattack); "pyautoattack": the official package exactly as shipped.
+AA_BACKENDS = ("fast", "pyautoattack")
+# The default stays the official package: the fast backend's per-point identity is tested
+# (tests/test_fast_autoattack.py) but its speed benchmark (benchmarks/speed.py) has not been run yet.
+DEFAULT_AA_BACKEND = "pyautoattack"
 
 
 def canonical_norm(norm: str) -> str:
@@ -107,6 +115,7 @@ class AutoAttackResult:
     attack_time: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     attacks: list[str] = field(default_factory=list)
+    backend: dict = field(default_factory=dict)  # how it ran: "fast" (and what was accelerated) or "pyautoattack"
 
 
 def _make_autoattack(
@@ -154,13 +163,18 @@ def run_autoattack(
     batch_size: int = 250,
     device: str | torch.device = "cpu",
     attacks: Sequence[str] | None = None,
+    backend: str = DEFAULT_AA_BACKEND,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """AutoAttack through the official implementation, seeded explicitly.
 
     Returns ``(robust, x_adv)`` with ``robust[i]`` True iff the model still predicts ``y[i]`` on
-    ``x_adv[i]`` (clean errors count as non-robust, as in AutoAttack). Identical per point to
-    ``pyautoattack.AutoAttack(model, norm=…, eps=…, version=…, seed=seed).run_standard_evaluation``
-    on the same inputs (tested). The global RNG state is restored afterwards.
+    ``x_adv[i]`` (clean errors count as non-robust, as in AutoAttack). Identical per point (robust
+    flags and ``x_adv``) to ``pyautoattack.AutoAttack(model, norm=…, eps=…, version=…,
+    seed=seed).run_standard_evaluation`` on the same inputs (tested). ``backend="fast"`` (opt-in)
+    runs pyautoattack's runner and attacks with the cheaper, bitwise-equal model evaluation of
+    :mod:`shieldkit.attacks.fast_autoattack` (CPU, deterministic models; otherwise it *is*
+    pyautoattack); ``backend="pyautoattack"`` runs the package untouched. The global RNG state is
+    restored afterwards.
     """
     res = run_autoattack_detailed(
         model,
@@ -174,6 +188,7 @@ def run_autoattack(
         device=device,
         attacks=attacks,
         per_attack=False,
+        backend=backend,
     )
     return res.robust, res.x_adv
 
@@ -191,15 +206,18 @@ def run_autoattack_detailed(
     device: str | torch.device = "cpu",
     attacks: Sequence[str] | None = None,
     per_attack: bool = True,
+    backend: str = DEFAULT_AA_BACKEND,
 ) -> AutoAttackResult:
     """:func:`run_autoattack` plus the robust count and time after each sub-attack and pyautoattack's
     own warnings. With ``per_attack=True`` the sub-attacks are launched one at a time on the points
     still robust — exactly what ``run_standard_evaluation`` does internally (same order, same
     batches, same per-call seeding), so the per-point outcome is unchanged."""
-    import time
+    from contextlib import nullcontext
 
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x has {x.shape[0]} points but y has {y.shape[0]}")
+    if backend not in AA_BACKENDS:
+        raise ValueError(f"AutoAttack backend must be one of {AA_BACKENDS}, got {backend!r}")
     logger = logging.getLogger("auto-attack")
     cap = _Capture()
     logger.addHandler(cap)
@@ -212,38 +230,45 @@ def run_autoattack_detailed(
             )
             names = list(aa.attacks_to_run)
             yc = y.to(x.device)
-            if not per_attack:
-                t0 = time.perf_counter()
-                x_adv, y_adv = aa.run_standard_evaluation(x, yc, batch_size=batch_size)
-                robust = y_adv.cpu() == y.cpu()
-                return AutoAttackResult(
-                    robust,
-                    x_adv,
-                    {},
-                    {"total": time.perf_counter() - t0},
-                    list(dict.fromkeys(cap.messages)),
-                    names,
-                )
-            robust = correct_mask(model, x, y, batch_size, device)
-            x_adv = x.clone()
-            counts, times = {"clean": int(robust.sum())}, {}
-            for name in names:
-                idx = torch.nonzero(robust).flatten()
-                t0 = time.perf_counter()
-                if len(idx):
-                    aa.attacks_to_run = [name]
-                    xa, ya = aa.run_standard_evaluation(
-                        x[idx.to(x.device)], yc[idx.to(x.device)], batch_size=batch_size
-                    )
-                    fooled = ya.cpu() != y[idx].cpu()
-                    robust[idx[fooled]] = False
-                    x_adv[idx[fooled].to(x.device)] = xa[fooled.to(xa.device)].to(x_adv.dtype)
-                times[name] = time.perf_counter() - t0
-                counts[name] = int(robust.sum())
-            return AutoAttackResult(robust, x_adv, counts, times, list(dict.fromkeys(cap.messages)), names)
+            if backend == "fast":
+                from shieldkit.attacks.fast_autoattack import accelerated
+
+                speedup = accelerated(aa, x[:batch_size].to(device))
+            else:
+                speedup = nullcontext({"backend": "pyautoattack"})
+            with speedup as info:
+                return _run(aa, model, x, y, yc, names, cap, per_attack, batch_size, device, info)
     finally:
         logger.removeHandler(cap)
         logger.propagate = old_prop
+
+
+def _run(aa, model: nn.Module, x: torch.Tensor, y: torch.Tensor, yc: torch.Tensor, names: list[str],  # noqa: ANN001
+         cap: _Capture, per_attack: bool, batch_size: int, device: str | torch.device,
+         backend: dict) -> AutoAttackResult:
+    import time
+
+    if not per_attack:
+        t0 = time.perf_counter()
+        x_adv, y_adv = aa.run_standard_evaluation(x, yc, batch_size=batch_size)
+        robust = y_adv.cpu() == y.cpu()
+        return AutoAttackResult(robust, x_adv, {}, {"total": time.perf_counter() - t0},
+                                list(dict.fromkeys(cap.messages)), names, backend)
+    robust = correct_mask(model, x, y, batch_size, device)
+    x_adv = x.clone()
+    counts, times = {"clean": int(robust.sum())}, {}
+    for name in names:
+        idx = torch.nonzero(robust).flatten()
+        t0 = time.perf_counter()
+        if len(idx):
+            aa.attacks_to_run = [name]
+            xa, ya = aa.run_standard_evaluation(x[idx.to(x.device)], yc[idx.to(x.device)], batch_size=batch_size)
+            fooled = ya.cpu() != y[idx].cpu()
+            robust[idx[fooled]] = False
+            x_adv[idx[fooled].to(x.device)] = xa[fooled.to(xa.device)].to(x_adv.dtype)
+        times[name] = time.perf_counter() - t0
+        counts[name] = int(robust.sum())
+    return AutoAttackResult(robust, x_adv, counts, times, list(dict.fromkeys(cap.messages)), names, backend)
 
 
 # -------------------------------------------------------------------------------------------- torchattacks

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from shieldkit.attacks.library import run_autoattack
+from shieldkit.attacks.library import DEFAULT_AA_BACKEND, run_autoattack
 from shieldkit.attacks.pgd import PGDConfig, pgd
 from shieldkit.data.base import ImageDataset
 from shieldkit.evaluation.stats import accuracy_summary
@@ -150,7 +150,7 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
         result["autoattack_acc"] = robust.float().mean().item()
         log(f"{label}: {m} points, {result['autoattack_acc']:.1%} robust, {t_aa:.1f} s")
         result["autoattack"] = {**accuracy_summary(int(robust.sum()), m), "attack": label,
-                                "implementation": "pyautoattack", "seconds": t_aa}
+                                "implementation": f"pyautoattack ({DEFAULT_AA_BACKEND} backend)", "seconds": t_aa}
         result["aa_n"] = m
         result["seconds"]["autoattack"] = t_aa
         result["per_point"] = {"autoattack_robust": robust.int().tolist(), "autoattack_index": aa_idx.tolist()}
