@@ -14,7 +14,8 @@ from shieldkit.data import load_dataset
 from shieldkit.data.base import ImageDataset
 from shieldkit.errors import IncompatibleError, InputError, IntegrityError
 from shieldkit.evaluation import audit as A
-from shieldkit.evaluation.suite import SUITE_SPECS, evaluate, write_outputs
+from shieldkit.evaluation.result import write_outputs
+from shieldkit.evaluation.suite import SUITE_SPECS, evaluate
 from shieldkit.models import create_model, load_model, save_model
 
 # the quick suite cut to one APGD-CE run and a two-point iteration curve: seconds per evaluation

@@ -110,6 +110,14 @@ def test_cli_on_standard_teacher_breaks_it_and_audit_passes(teacher, tmp_path):
         assert a["n"] == 40 and a["ci"][0] <= a["acc"] <= a["ci"][1] and a["wall_time_s"] >= 0
         assert a["forwards"] >= 40 or a["name"] == "clean"
     assert any(a["backwards"] > 0 for a in res["attacks"])
+    # AutoAttack's per-sub-attack ledger reaches the JSON and the report: robust counts never rise along the
+    # sub-attacks, and the last one is the AutoAttack row's robust count
+    aa = res["autoattack_detail"]["standard"]
+    counts = list(aa["per_attack_robust"].values())
+    assert list(aa["per_attack_robust"]) == ["clean", "apgd-ce", "apgd-t"] and aa["n"] == 40, aa
+    assert counts == sorted(counts, reverse=True) and counts[0] >= 36, aa
+    assert counts[-1] == next(a["k"] for a in res["attacks"] if a["name"].startswith("autoattack")), aa
+    assert "AutoAttack standard: robust after each sub-attack" in (out / "report.html").read_text()
     # the report: self-contained HTML with both curves embedded as PNG
     p = _Imgs()
     p.feed((out / "report.html").read_text())
@@ -242,10 +250,10 @@ def _tiny(**kw):
 def _record_attack_outputs(monkeypatch) -> list:
     """Spy on the suite's attack runner: every (AttackRun, attack output) pair, output = x_adv or
     (robust, x_adv). Nothing is changed — the runner still judges and records as before."""
-    from shieldkit.evaluation import suite
+    from shieldkit.evaluation import runner
 
     seen: list = []
-    run = suite._Evaluator.run
+    run = runner.Runner.run
 
     def spy(self, name, family, attack, *args, **kwargs):
         box = {}
@@ -258,7 +266,7 @@ def _record_attack_outputs(monkeypatch) -> list:
         seen.append((r, box["out"]))
         return r
 
-    monkeypatch.setattr(suite._Evaluator, "run", spy)
+    monkeypatch.setattr(runner.Runner, "run", spy)
     return seen
 
 

@@ -396,7 +396,7 @@ def audit_basic(model: NormalizedClassifier, data, row: dict, *, eval_mode: dict
     attack-curve checks of ``shieldkit evaluate`` (iterations, restarts, unbounded ε, black-box, adaptive)
     are not run here — the report says so."""
     from shieldkit.attacks.pgd import PGDConfig, pgd
-    from shieldkit.evaluation.suite import validity_probe
+    from shieldkit.evaluation.result import validity_probe
 
     device = torch.device(device)
     model = model.to(device).eval()

@@ -113,25 +113,33 @@ class Attack:
 
     # ---------------------------------------------------------------------------------------- helpers
     def _check_threat_model(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
-        if x_adv.shape != x.shape or not bool(torch.isfinite(x_adv).all()):
-            raise IntegrityError(f"attack {self.name!r}: returned {tuple(x_adv.shape)} non-finite or misshaped "
-                                 f"examples for inputs {tuple(x.shape)}")
-        tol = 1e-5 * max(1.0, self.eps)
-        if float(x_adv.min()) < -tol or float(x_adv.max()) > 1 + tol:
-            raise IntegrityError(f"attack {self.name!r}: examples leave the [0, 1] image box")
-        if not self.bounded or len(x) == 0:
-            return
-        d = (x_adv - x).flatten(1)
-        dist = d.abs().amax(1) if self.norm == "linf" else d.norm(dim=1)
-        worst = float(dist.max())
-        if worst > self.eps + tol:
-            raise IntegrityError(f"attack {self.name!r}: examples leave the {self.norm} ball "
-                                 f"(distance {worst:.6g} > ε = {self.eps:.6g}); its robust accuracy would be wrong")
+        check_threat_model(self.name, x, x_adv, self.eps if self.bounded else None, self.norm)
 
     @staticmethod
     def seed_from(generator: torch.Generator) -> int:
         """An integer seed for a library backend, drawn from the attack's generator."""
         return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+
+
+def check_threat_model(name: str, x: torch.Tensor, x_adv: torch.Tensor, eps: float | None, norm: str) -> None:
+    """Refuse adversarial examples outside the threat model: misshaped or non-finite, outside the [0, 1]
+    image box, or (``eps`` given) farther than ε from ``x`` in ``norm`` — tolerance 1e-5·max(1, ε) for
+    float32 rounding. An attack that leaves the ball would report a robust accuracy that is too low, so this
+    raises :class:`~shieldkit.errors.IntegrityError`; ``eps=None`` for attacks that are not norm-ball attacks."""
+    if x_adv.shape != x.shape or not bool(torch.isfinite(x_adv).all()):
+        raise IntegrityError(f"attack {name!r}: returned {tuple(x_adv.shape)} non-finite or misshaped "
+                             f"examples for inputs {tuple(x.shape)}")
+    tol = 1e-5 * max(1.0, eps or 0.0)
+    if len(x) and (float(x_adv.min()) < -tol or float(x_adv.max()) > 1 + tol):
+        raise IntegrityError(f"attack {name!r}: examples leave the [0, 1] image box")
+    if eps is None or len(x) == 0:
+        return
+    d = (x_adv - x.to(x_adv.device)).flatten(1)
+    dist = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
+    worst = float(dist.max())
+    if worst > eps + tol:
+        raise IntegrityError(f"attack {name!r}: examples leave the {norm} ball "
+                             f"(distance {worst:.6g} > ε = {eps:.6g}); its robust accuracy would be wrong")
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
@@ -173,5 +181,6 @@ def list_attacks() -> list[str]:
     return sorted(ATTACKS)
 
 
-__all__ = ["ATTACKS", "BUDGETS", "FAMILIES", "Attack", "AttackResult", "create_attack", "list_attacks", "predict",
+__all__ = ["ATTACKS", "BUDGETS", "FAMILIES", "Attack", "AttackResult", "check_threat_model", "create_attack",
+           "list_attacks", "predict",
            "register"]

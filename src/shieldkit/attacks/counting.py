@@ -48,3 +48,18 @@ class CountingModel(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # latent attacks need the feature map
         return self._count(self.model.features(x), int(x.shape[0]))
+
+    def through(self, system: nn.Module) -> nn.Module:
+        """``system`` (an adaptive stand-in for the model: a BPDA surrogate, an EOT average) with its
+        passes added to this counter, as if they went through the model (same images per pass)."""
+        return _CountThrough(self, system)
+
+
+class _CountThrough(nn.Module):
+    def __init__(self, counter: CountingModel, system: nn.Module) -> None:
+        super().__init__()
+        self.counter, self.system = counter, system  # no .train() here: it would switch the wrapped model's mode
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.counter._count(self.system(x), int(x.shape[0]))
+

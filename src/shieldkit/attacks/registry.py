@@ -293,28 +293,11 @@ class BPDAPGD(Attack):
         if pre is None or clf is None:
             raise InputError("attack 'bpda-pgd': needs preprocess=<fn> and classifier=<model> (or a model "
                              "with .transform and .model)")
-        system: nn.Module = _Counted(model, BPDAWrapper(pre, clf, self.params.get("approx")))
+        system: nn.Module = model.through(BPDAWrapper(pre, clf, self.params.get("approx")))  # counted as the model
         if self.params["samples"] > 1:
             system = EOT(system, self.params["samples"])
         cfg = PGDConfig(eps=self.eps, norm=self.norm, steps=self.params["steps"])
         return _pgd_restarts(system, x, y, cfg, "ce", None, self.params["restarts"], generator)
-
-
-class _Counted(nn.Module):
-    """Route the BPDA surrogate's passes through the CountingModel's counters (same images per pass)."""
-
-    def __init__(self, counter: nn.Module, system: nn.Module) -> None:
-        super().__init__()
-        self.counter, self.system = counter, system
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.system(x)
-        if hasattr(self.counter, "forwards"):
-            n = int(x.shape[0])
-            self.counter.forwards += n
-            if out.requires_grad:
-                out.register_hook(lambda g: setattr(self.counter, "backwards", self.counter.backwards + n))
-        return out
 
 
 __all__ = ["PGD_BUDGETS"]

@@ -16,7 +16,7 @@ pyautoattack; budgets may be reduced, then recorded); unseen threat models: ``pg
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -28,6 +28,7 @@ from shieldkit.attacks.library import correct_mask, preserved_rng, run_autoattac
 from shieldkit.attacks.pgd import PGDConfig, pgd
 from shieldkit.attacks.stadv import StAdvConfig, stadv
 from shieldkit.defenses.atop.pipeline import PurificationPipeline
+from shieldkit.evaluation.runner import Runner
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.utils.seed import derive_seed, make_generator
 
@@ -73,57 +74,66 @@ def _autoattack_rand(pipe: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ATo
     return x_adv
 
 
+# name -> (pipeline, EOT(pipeline), x, y, config, generator, device) -> x_adv; every gradient attack through EOT
+_Builder = Callable[[PurificationPipeline, nn.Module, torch.Tensor, torch.Tensor, AToPEvalConfig, torch.Generator,
+                     "str | torch.device"], torch.Tensor]
+
+
+def _pgd_cfg(cfg: AToPEvalConfig) -> PGDConfig:
+    return PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, alpha=2.5 * cfg.eps / cfg.pgd_steps)
+
+
+BUILDERS: dict[str, _Builder] = {
+    "clean": lambda pipe, eot, x, y, cfg, g, dev: x,
+    "fgsm": lambda pipe, eot, x, y, cfg, g, dev: pgd(eot, x, y, PGDConfig(eps=cfg.eps, steps=1, alpha=cfg.eps,
+                                                                           random_start=False)),
+    "pgd_eot": lambda pipe, eot, x, y, cfg, g, dev: pgd(eot, x, y, _pgd_cfg(cfg), generator=g),
+    "bpda_eot": lambda pipe, eot, x, y, cfg, g, dev: pgd(EOT(BPDAWrapper(pipe.purify, pipe.classifier), cfg.eot), x,
+                                                         y, _pgd_cfg(cfg), generator=g),
+    "cw": lambda pipe, eot, x, y, cfg, g, dev: cw_linf(eot, x, y, eps=cfg.eps, steps=cfg.cw_steps, generator=g),
+    "autoattack_rand": lambda pipe, eot, x, y, cfg, g, dev: _autoattack_rand(pipe, x, y, cfg, dev),
+    "pgd_l2_eot": lambda pipe, eot, x, y, cfg, g, dev: pgd(eot, x, y, PGDConfig(eps=cfg.l2_eps, norm="l2",
+                                                                                 steps=cfg.pgd_steps), generator=g),
+    "stadv": lambda pipe, eot, x, y, cfg, g, dev: stadv(eot, x, y, StAdvConfig(steps=cfg.stadv_steps,
+                                                                                bound=cfg.stadv_bound), generator=g),
+}
+UNSEEN = ("pgd_l2_eot", "stadv")  # other threat models: reported, not part of the ℓ∞ worst case
+
+
 def evaluate_pipeline(pipe: PurificationPipeline, x: torch.Tensor, y: torch.Tensor,
                       cfg: AToPEvalConfig | None = None, device: str | torch.device = "cpu",
                       log: bool = False) -> dict:
-    """Accuracy of ``pipe`` on ``(x, y)`` under each attack of ``cfg`` plus the per-point worst case."""
+    """Accuracy of ``pipe`` on ``(x, y)`` under each attack of ``cfg`` plus the per-point ℓ∞ worst case,
+    run by the evaluation :class:`~shieldkit.evaluation.runner.Runner` (one batch; the verdict is one
+    fresh pass of the pipeline with its random stream re-seeded identically for every attack)."""
     cfg = cfg or AToPEvalConfig()
     pipe = pipe.to(device).eval()
-    x, y = x.to(device), y.to(device)
     eot = EOT(pipe, cfg.eot)
     verdict_seed = derive_seed(cfg.seed, "verdict")
-    out: dict = {"config": asdict(cfg), "n": len(x), "attacks": {}}
-    worst = torch.ones(len(x), dtype=torch.bool)
 
-    def verdict(x_adv: torch.Tensor) -> torch.Tensor:
+    def verdict(x_adv: torch.Tensor, yy: torch.Tensor) -> torch.Tensor:
         pipe.reseed(verdict_seed)
         try:
-            return correct_mask(pipe, x_adv, y, device=device)
+            return correct_mask(pipe, x_adv, yy, device=device)
         finally:
             pipe.reseed(None)
 
-    for name in cfg.attacks:
-        t0 = time.perf_counter()
+    runner = Runner(pipe, x, y, seed=cfg.seed, device=device, batch_size=len(x), judge=verdict)
+
+    def attack(name: str) -> torch.Tensor:
         g = make_generator(derive_seed(cfg.seed, name))
         pipe.reseed(derive_seed(cfg.seed, name, "attack"))
-        if name == "clean":
-            x_adv = x
-        elif name == "fgsm":
-            x_adv = pgd(eot, x, y, PGDConfig(eps=cfg.eps, steps=1, alpha=cfg.eps, random_start=False))
-        elif name == "pgd_eot":
-            x_adv = pgd(eot, x, y, PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, alpha=2.5 * cfg.eps / cfg.pgd_steps),
-                        generator=g)
-        elif name == "bpda_eot":
-            bp = EOT(BPDAWrapper(pipe.purify, pipe.classifier), cfg.eot)
-            x_adv = pgd(bp, x, y, PGDConfig(eps=cfg.eps, steps=cfg.pgd_steps, alpha=2.5 * cfg.eps / cfg.pgd_steps),
-                        generator=g)
-        elif name == "cw":
-            x_adv = cw_linf(eot, x, y, eps=cfg.eps, steps=cfg.cw_steps, generator=g)
-        elif name == "autoattack_rand":
-            x_adv = _autoattack_rand(pipe, x, y, cfg, device)
-        elif name == "pgd_l2_eot":
-            x_adv = pgd(eot, x, y, PGDConfig(eps=cfg.l2_eps, norm="l2", steps=cfg.pgd_steps), generator=g)
-        else:  # stadv
-            x_adv = stadv(eot, x, y, StAdvConfig(steps=cfg.stadv_steps, bound=cfg.stadv_bound), generator=g)
-        robust = verdict(x_adv)
-        if name != "pgd_l2_eot" and name != "stadv":
-            worst &= robust
-        s = accuracy_summary(int(robust.sum()), len(robust))
-        out["attacks"][name] = {"acc": s["acc"], "k": s["k"], "ci": s["ci"],
-                                "seconds": round(time.perf_counter() - t0, 1)}
+        return BUILDERS[name](pipe, eot, runner.x, runner.y, cfg, g, device)
+
+    out: dict = {"config": asdict(cfg), "n": len(x), "attacks": {}}
+    for name in cfg.attacks:
+        r = runner.run(name, "clean" if name == "clean" else "white-box", lambda name=name: attack(name),
+                       in_worst_case=name not in UNSEEN, eps=None if name in UNSEEN else cfg.eps)
+        s = accuracy_summary(int(r.robust.sum()), len(r.robust))
+        out["attacks"][name] = {"acc": s["acc"], "k": s["k"], "ci": s["ci"], "seconds": round(r.wall_time_s, 1)}
         if log:
-            print(f"  {name}: {s['acc']:.3f} ({time.perf_counter() - t0:.0f}s)", flush=True)
+            print(f"  {name}: {s['acc']:.3f} ({r.wall_time_s:.0f}s)", flush=True)
     pipe.reseed(None)
-    ws = accuracy_summary(int(worst.sum()), len(worst))
+    ws = accuracy_summary(int(runner.worst_case().sum()), len(x))
     out["worst_case_linf"] = {"acc": ws["acc"], "k": ws["k"], "ci": ws["ci"]}
     return out

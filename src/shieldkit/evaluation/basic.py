@@ -97,7 +97,7 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
     several batches, the points done / remaining; ``None`` means the process default
     (:func:`set_default_progress`: off in the API, on under the ``shieldkit`` CLI).
     """
-    from shieldkit.evaluation.suite import precheck
+    from shieldkit.evaluation.result import precheck
 
     eps = precheck(model, data, eps=eps, norm=norm, out=None, n=n)
     device = torch.device(device)

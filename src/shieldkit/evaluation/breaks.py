@@ -30,7 +30,6 @@ the whole quick suite (:func:`shieldkit.evaluation.suite.evaluate`) runs on the 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,8 +49,9 @@ from shieldkit.defenses.classic import (
 from shieldkit.defenses.mmc import find_mmc_head
 from shieldkit.defenses.temperature import TemperatureScaled
 from shieldkit.evaluation import audit as A
+from shieldkit.evaluation.runner import AttackRun, Runner
 from shieldkit.evaluation.stats import accuracy_summary
-from shieldkit.utils.seed import derive_seed, make_generator
+from shieldkit.utils.seed import derive_seed
 
 # Does the literature consider the defence broken (so the adaptive attack should reach ≤ 5 %)?
 LITERATURE_BROKEN = {
@@ -138,21 +138,16 @@ def correct_judge(model: nn.Module) -> Judge:
     return judge
 
 
-def _run(
-    attack: Attack, judge: Judge, x: torch.Tensor, y: torch.Tensor, ctx: BreakContext, tag: str
-) -> tuple[torch.Tensor, float]:
-    """Robust mask of ``judge`` on ``attack``'s examples, batched and seeded per (row, attack, batch)."""
-    dev = torch.device(ctx.device)
-    robust = torch.zeros(len(y), dtype=torch.bool)
-    t0 = time.perf_counter()
-    for i in range(0, len(y), ctx.batch_size):
-        xb, yb = x[i : i + ctx.batch_size].to(dev), y[i : i + ctx.batch_size].to(dev)
-        g = make_generator(derive_seed(ctx.seed, tag, i), device=dev)
-        adv = attack(xb, yb, g).detach()
-        if (adv - xb).abs().amax() > ctx.eps + 1e-5 and ctx.norm == "linf":
-            raise RuntimeError(f"attack {tag} left the ε-ball")
-        robust[i : i + ctx.batch_size] = judge(adv, yb).cpu()
-    return robust, time.perf_counter() - t0
+def _runner(ctx: BreakContext, x: torch.Tensor, y: torch.Tensor, judge: Judge, defended: nn.Module) -> Runner:
+    """The evaluation runner on one row's points: batches of ``ctx.batch_size``, batch ``i`` of attack ``tag``
+    seeded by ``(ctx.seed, tag, i)``, every example checked against the ε-ball, judged by ``judge``."""
+    return Runner(defended, x, y, seed=ctx.seed, device=ctx.device, batch_size=ctx.batch_size, norm=ctx.norm,
+                  judge=judge)
+
+
+def _step(runner: Runner, name: str, family: str, attack: Attack, tag: str, ctx: BreakContext) -> AttackRun:
+    return runner.run(name, family, lambda: runner.batched(lambda xb, yb, g, _: attack(xb, yb, g), tag),
+                      eps=ctx.eps)
 
 
 def evaluate_break(
@@ -168,21 +163,20 @@ def evaluate_break(
     randomised: bool = False,
     suite_kwargs: dict | None = None,
 ) -> dict:
-    """Run the naive attack and every adaptive attack of one row and audit the result."""
-    clean = judge(x.to(ctx.device), y.to(ctx.device)).cpu()
+    """Run the naive attack and every adaptive attack of one row and audit the result. A point counts as
+    robust to an attack only if it is also clean-correct; the row's ``adaptive_acc`` is the per-point worst
+    case over the adaptive attacks (the naive one is the claim being tested, not part of it)."""
     n = len(y)
+    runner = _runner(ctx, x, y, judge, defended)
+    clean = runner.run("clean", "clean", lambda: runner.x).robust
     naive_name, naive_fn = naive
-    naive_rob, t_naive = _run(naive_fn, judge, x, y, ctx, f"{name}/naive")
-    naive_rob &= clean
-    attacks = {naive_name: {**accuracy_summary(int(naive_rob.sum()), n), "seconds": round(t_naive, 2)}}
-    worst = clean.clone()
-    adaptive_accs: dict[str, float] = {}
-    for aname, afn in adaptive.items():
-        rob, t = _run(afn, judge, x, y, ctx, f"{name}/{aname}")
-        rob &= clean
-        worst &= rob
-        attacks[aname] = {**accuracy_summary(int(rob.sum()), n), "seconds": round(t, 2)}
-        adaptive_accs[aname] = attacks[aname]["acc"]
+    runs = [(naive_name, _step(runner, naive_name, "naive", naive_fn, f"{name}/naive", ctx))]
+    runs[0][1].in_worst_case = False
+    runs += [(a, _step(runner, a, "adaptive", fn, f"{name}/{a}", ctx)) for a, fn in adaptive.items()]
+    attacks = {a: {**accuracy_summary(int((r.robust & clean).sum()), n), "seconds": round(r.wall_time_s, 2)}
+               for a, r in runs}
+    adaptive_accs = {a: attacks[a]["acc"] for a in adaptive}
+    worst = runner.worst_case()
     adaptive_acc = int(worst.sum()) / n  # a count over n, as every other accuracy here (not a float32 mean)
     x_probe, y_probe = x[: min(n, 100)].to(ctx.device), y[: min(n, 100)].to(ctx.device)
     checks = [
@@ -194,7 +188,6 @@ def evaluate_break(
     mg = [a for k, a in adaptive_accs.items() if "margin" in k]
     if ce and mg:
         checks.append(A.check_loss_consistency(min(ce), min(mg), n))
-    broken_lit = LITERATURE_BROKEN.get(name, False)
     row = {
         "defense": name,
         "n": n,
@@ -207,7 +200,7 @@ def evaluate_break(
         "adaptive_acc": adaptive_acc,
         "adaptive_acc_ci": accuracy_summary(int(worst.sum()), n)["ci"],
         "attacks": attacks,
-        "literature_broken": broken_lit,
+        "literature_broken": LITERATURE_BROKEN.get(name, False),
         "break_succeeds": adaptive_acc <= BROKEN_THRESHOLD,
         "audit": checks,
         "audit_verdicts": {c["name"]: c["verdict"] for c in checks},

@@ -57,6 +57,7 @@ def render_html(res: dict, pngs: dict[str, bytes]) -> str:
         for k, b in pngs.items()
     )
     notes = "".join(f"<li>{e(n)}</li>" for n in res.get("notes", []))
+    aa = autoattack_detail_html(res.get("autoattack_detail") or {})
     prov = res.get("provenance", {})
     pk = ", ".join(f"{k} {v}" for k, v in prov.get("packages", {}).items())
     model = res.get("model", {})
@@ -91,12 +92,31 @@ figure{{display:inline-block;margin:.5em}} .kv td:first-child{{font-weight:bold;
 intervals are 95% Clopper-Pearson. Forward/backward = images passed through the model.</p>
 <table><tr><th>attack</th><th>family</th><th>acc</th><th>95% CI</th><th>n</th><th>time (s)</th>
 <th>forwards</th><th>backwards</th><th>worst case</th><th>parameters</th></tr>{"".join(rows)}</table>
+{aa}
 <h2>Curves</h2>{imgs}
 <h2>Notes</h2><ul>{notes or "<li>none</li>"}</ul>
 <h2>Provenance</h2><p class="small">git {e(str(prov.get("git_revision")))} · {e(pk)} ·
 {e(str(prov.get("timestamp_utc", "")))}</p>
 </body></html>
 """
+
+
+def autoattack_detail_html(detail: dict) -> str:
+    """AutoAttack's own per-sub-attack ledger (points still robust after each sub-attack, in order, and
+    its time): which of APGD-CE / APGD-T / FAB-T / Square did the breaking. Empty when no AutoAttack ran."""
+    e = html.escape
+    parts = []
+    for version, d in detail.items():
+        n = d.get("n")
+        rows = "".join(
+            f"<tr><td>{e(name)}</td><td class=num>{k}</td>"
+            f"<td class=num>{_pct(k / n) if n else ''}</td>"
+            f"<td class=num>{float(d.get('attack_time_s', {}).get(name, 0.0)):.1f}</td></tr>"
+            for name, k in d.get("per_attack_robust", {}).items())
+        if rows:
+            parts.append(f"<h3>AutoAttack {e(version)}: robust after each sub-attack</h3><table>"
+                         f"<tr><th>after</th><th>robust points</th><th>acc</th><th>time (s)</th></tr>{rows}</table>")
+    return "".join(parts)
 
 
 def _params(p: dict) -> str:
