@@ -52,7 +52,7 @@ it. A checkpoint records M and refuses a resume that would change it.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -60,16 +60,7 @@ from torch import nn
 
 from shieldkit.distributed import dist
 from shieldkit.training.gradrefine import GradRefine
-from shieldkit.training.objectives import Batch, create_objective
-from shieldkit.training.robust import (
-    RobustTrainConfig,
-    _jsonable,
-    check_training_inputs,
-    eps_schedule,
-    make_optimizer,
-)
-from shieldkit.utils.io import atomic_torch_save, atomic_write_json, safe_torch_load
-from shieldkit.utils.progress import progress_bar
+from shieldkit.training.robust import RobustTrainConfig, UpdateSync, train_robust
 from shieldkit.utils.seed import derive_seed, make_generator
 
 CHECKPOINT = "checkpoint_dist.pt"
@@ -104,8 +95,80 @@ def minibatches_per_update(cfg: RobustTrainConfig, world_size: int, override: in
     return m
 
 
-def _minibatch_seed(seed: int, step: int, b: int, m: int) -> int:
-    return derive_seed(seed, "update", step) if m == 1 else derive_seed(seed, "update", step, "minibatch", b)
+class DistributedSync(UpdateSync):
+    """The update layout of the module docstring: M minibatches split over ranks, per-minibatch generators
+    (when M > 1), BN statistics restored before each minibatch and moved by the mean change, gradients (or
+    GradRefine's sums) SUM-all-reduced; rank 0 writes. ``minibatches`` overrides M."""
+
+    pins_inputs = False  # every rank would race on fingerprints.json; the checkpoint records M and the config
+    checkpoint_name = CHECKPOINT
+
+    def __init__(self, cfg: RobustTrainConfig, minibatches: int | None = None) -> None:
+        self.rank, self.world = dist.rank(), dist.world_size()
+        self.m = minibatches_per_update(cfg, self.world, minibatches)
+        self.writer = self.rank == 0
+        self.label, self.where = f"×{self.world}", f" (rank {self.rank})"
+        self.float_bufs: list[torch.Tensor] = []
+        self.int_bufs: list[torch.Tensor] = []
+
+    def minibatches(self, cfg: RobustTrainConfig) -> int:
+        return self.m
+
+    def mine(self, m: int) -> list[int]:
+        return list(range(self.rank, m, self.world))
+
+    def setup(self, params: list[nn.Parameter], buffers: list[torch.Tensor]) -> None:
+        dist.broadcast_([*params, *buffers])  # every rank starts from rank 0's state
+        self.float_bufs = [b for b in buffers if b.is_floating_point()]
+        self.int_bufs = [b for b in buffers if not b.is_floating_point()]
+
+    def refiner(self, params: list[nn.Parameter], m: int, tau: float) -> GradRefine:
+        return DistributedGradRefine(params, m, tau)
+
+    def generators(self, seed: int, step: int, m: int, device: torch.device) -> Callable[[int], torch.Generator]:
+        if m == 1:
+            return super().generators(seed, step, m, device)
+        return lambda b: make_generator(derive_seed(seed, "update", step, "minibatch", b), device=device)
+
+    def begin_update(self) -> None:
+        bufs = self.float_bufs + self.int_bufs
+        self.start = [b.detach().clone() for b in bufs]
+        self.delta = [torch.zeros_like(b) for b in bufs]
+
+    def before_minibatch(self) -> None:
+        with torch.no_grad():
+            for b, s in zip(self.float_bufs + self.int_bufs, self.start, strict=True):
+                b.copy_(s)
+
+    def after_minibatch(self) -> None:
+        with torch.no_grad():
+            for d, bnow, b0 in zip(self.delta, self.float_bufs + self.int_bufs, self.start, strict=True):
+                d.add_(bnow - b0)
+
+    def finish_update(self, params: list[nn.Parameter], refiner: GradRefine | None, losses: list[float],
+                      history: dict) -> float:
+        if refiner is not None:
+            history["kept_fraction"].append(refiner.apply())  # all-reduces Eq 9-10's sums first
+        else:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            dist.all_reduce_sum_(grads)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.div_(self.m)
+        loss_sum = torch.tensor([sum(losses)], dtype=torch.float64)
+        dist.all_reduce_sum_([*self.delta, loss_sum])
+        nf = len(self.float_bufs)
+        with torch.no_grad():  # running statistics move by the mean change; counters add up
+            for bcur, b0, d in zip(self.float_bufs, self.start[:nf], self.delta[:nf], strict=True):
+                bcur.copy_(b0 + d / self.m)
+            for bcur, b0, d in zip(self.int_bufs, self.start[nf:], self.delta[nf:], strict=True):
+                bcur.copy_(b0 + d)
+        return loss_sum.item() / self.m
+
+    def history_extra(self, m: int) -> dict:
+        return {"world_size": self.world, "minibatches": m}
+
+    def barrier(self) -> None:
+        dist.barrier()
 
 
 def train_robust_distributed(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *,
@@ -113,132 +176,17 @@ def train_robust_distributed(student: nn.Module, x: torch.Tensor, cfg: RobustTra
                              out_dir: str | Path | None = None, device: str | torch.device = "cpu",
                              progress: bool = True, stop_after_updates: int | None = None,
                              minibatches: int | None = None, tensorboard: bool = False) -> tuple[nn.Module, dict]:
-    """Robust training (``cfg`` as for :func:`~shieldkit.training.robust.train_robust`) split over ranks.
+    """Robust training (``cfg`` as for :func:`~shieldkit.training.robust.train_robust`) split over ranks:
+    the one training loop with :class:`DistributedSync` as its update hook.
 
     Every rank passes the *whole* training set (``x`` and ``y``/``t_logits``; synthetic sets are small
     enough to replicate) and the same ``cfg``; ranks start from rank 0's weights. ``minibatches``
     overrides M (e.g. to run the single-process equivalent of a W-rank ℬ = 1 job). Returns the
     student (eval mode, identical on all ranks) and the history; only rank 0 writes files.
     """
-    device = torch.device(device)
-    r, w = dist.rank(), dist.world_size()
-    n = check_training_inputs(x, y, t_logits)
-    M = minibatches_per_update(cfg, w, minibatches)
-    mine = list(range(r, M, w))
-    objective = create_objective(cfg.objective, cfg.attack(), **cfg.objective_kwargs)
-    use_refine = cfg.grad_refine_batches > 1
-    per_epoch = max(n // (cfg.batch_size * M), 1)
-    total = per_epoch * cfg.epochs
-    lr = cfg.lr * (cfg.grad_refine_batches if (use_refine and cfg.lr_scale_with_batches) else 1)
-
-    student.to(device).train()
-    params = [p for p in student.parameters() if p.requires_grad]
-    buffers = [b for _, b in student.named_buffers()]
-    dist.broadcast_([*params, *buffers])  # every rank starts from rank 0's state
-    opt, sched = make_optimizer(params, cfg, lr, total)
-    refiner = DistributedGradRefine(params, M, cfg.tau) if use_refine else None
-    history: dict = {"loss": [], "kept_fraction": [], "epoch_seconds": [], "world_size": w, "minibatches": M}
-    step = 0
-    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = safe_torch_load(ckpt, map_location=device)
-        if state["config"] != _jsonable(cfg.to_dict()) or state.get("minibatches") != M:
-            raise ValueError(f"{ckpt} was written with a different configuration or number of minibatches per "
-                             f"update (M = {state.get('minibatches')}, now {M}); use a new --out")
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        history = state["history"]
-    dist.barrier()
-    tb = _tensorboard(out_dir, tensorboard and r == 0)
-
-    x_dev = x.to(device)
-    y_dev = y.to(device) if y is not None else None
-    t_dev = t_logits.to(device) if t_logits is not None else None
-    float_bufs = [b for b in buffers if b.is_floating_point()]
-    int_bufs = [b for b in buffers if not b.is_floating_point()]
-    with progress_bar(f"train[{cfg.objective}]×{w}", total=total, enabled=progress and r == 0,
-                      completed=step) as bar:
-        t_epoch = time.perf_counter()
-        while step < total:
-            epoch, pos = divmod(step, per_epoch)
-            perm = torch.randperm(n, generator=make_generator(derive_seed(cfg.seed, "epoch", epoch)))
-            start_f = [b.detach().clone() for b in float_bufs]
-            start_i = [b.detach().clone() for b in int_bufs]
-            d_f = [torch.zeros_like(b) for b in float_bufs]
-            d_i = [torch.zeros_like(b) for b in int_bufs]
-            loss_sum = torch.zeros(1, dtype=torch.float64)
-            objective.attack.eps = cfg.eps * eps_schedule(step, total, cfg.eps_warmup)  # as train_robust
-            for b in mine:
-                _restore(float_bufs, start_f)
-                _restore(int_bufs, start_i)
-                idx = perm[(pos * M + b) * cfg.batch_size:(pos * M + b + 1) * cfg.batch_size].to(device)
-                batch = Batch(x_dev[idx], None if y_dev is None else y_dev[idx], None if t_dev is None else t_dev[idx])
-                gen = make_generator(_minibatch_seed(cfg.seed, step, b, M), device=device)
-                loss, _ = objective(student, batch, gen)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite training loss at update {step} (rank {r}); lower --lr")
-                loss.backward()
-                if refiner is not None:
-                    refiner.accumulate()
-                loss_sum += loss.item()
-                with torch.no_grad():
-                    for d, bnow, b0 in zip(d_f + d_i, float_bufs + int_bufs, start_f + start_i, strict=True):
-                        d.add_(bnow - b0)
-            # --- synchronise: gradients (or GradRefine sums), buffer changes, loss -------------------
-            if refiner is not None:
-                history["kept_fraction"].append(refiner.apply())
-            else:
-                grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-                dist.all_reduce_sum_(grads)
-                for p, g in zip(params, grads, strict=True):
-                    p.grad = g.div_(M)
-            if cfg.grad_clip:  # on the synchronised gradient: identical on every rank
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            dist.all_reduce_sum_([*d_f, *d_i, loss_sum])
-            with torch.no_grad():
-                for bcur, b0, d in zip(float_bufs, start_f, d_f, strict=True):
-                    bcur.copy_(b0 + d / M)
-                for bcur, b0, d in zip(int_bufs, start_i, d_i, strict=True):
-                    bcur.copy_(b0 + d)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            history["loss"].append(loss_sum.item() / M)
-            bar.advance(1, loss=history["loss"][-1])
-            if tb is not None:
-                tb.scalars(step, loss=history["loss"][-1], lr=sched.get_last_lr()[0],
-                           **({"kept_fraction": history["kept_fraction"][-1]} if refiner is not None else {}))
-            end_of_epoch = step % per_epoch == 0
-            if end_of_epoch:
-                history["epoch_seconds"].append(time.perf_counter() - t_epoch)
-                t_epoch = time.perf_counter()
-            if (ckpt is not None and r == 0
-                    and (end_of_epoch or step % cfg.checkpoint_every == 0 or step == total)):
-                atomic_torch_save(ckpt, {"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "step": step, "history": history,
-                                         "config": _jsonable(cfg.to_dict()), "minibatches": M})
-            if stop_after_updates is not None and step >= stop_after_updates:
-                break
-    if tb is not None:
-        tb.close()
-    if out_dir is not None and r == 0:
-        atomic_write_json(Path(out_dir) / "train_history.json", {"config": cfg.to_dict(), **history})
-    dist.barrier()
-    return student.eval(), history
+    return train_robust(student, x, cfg, y=y, t_logits=t_logits, out_dir=out_dir, device=device, progress=progress,
+                        stop_after_updates=stop_after_updates, sync=DistributedSync(cfg, minibatches),
+                        tensorboard=tensorboard)
 
 
-def _restore(bufs: list[torch.Tensor], saved: list[torch.Tensor]) -> None:
-    with torch.no_grad():
-        for b, s in zip(bufs, saved, strict=True):
-            b.copy_(s)
-
-
-def _tensorboard(out_dir: str | Path | None, enabled: bool):  # noqa: ANN202 - optional helper
-    if not enabled or out_dir is None:
-        return None
-    from shieldkit.utils.tensorboard import TensorBoardLogger
-
-    return TensorBoardLogger(Path(out_dir) / "tensorboard")
+__all__ = ["DistributedGradRefine", "DistributedSync", "minibatches_per_update", "train_robust_distributed"]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -102,95 +103,191 @@ class RobustTrainConfig:
         return asdict(self)
 
 
+class UpdateSync:
+    """How one optimiser update's minibatches are laid out and combined: the hook through which the one
+    training loop (:func:`train_robust`) also serves data-parallel training
+    (:class:`shieldkit.distributed.training.DistributedSync` overrides it). This default is one process:
+
+    * M = ℬ minibatches per update (``grad_refine_batches``), all computed here at the same weights;
+    * one attack generator per update, ``derive_seed(seed, "update", u)``, drawn from by every minibatch;
+    * BatchNorm running statistics move minibatch after minibatch (as the reference does);
+    * the gradient is the sum of the ℬ backward passes (GradRefine refines it when ℬ > 1);
+    * this process writes the checkpoints and pins the run's inputs (``fingerprints.json``).
+    """
+
+    writer = True  # writes checkpoints / history
+    pins_inputs = True  # checks fingerprints.json against the inputs (RunManifest)
+    checkpoint_name = CHECKPOINT
+    label = ""  # progress-bar suffix
+    where = ""  # error-message suffix (distributed: the rank)
+
+    def minibatches(self, cfg: RobustTrainConfig) -> int:
+        return cfg.grad_refine_batches
+
+    def mine(self, m: int) -> list[int]:
+        """The minibatches of an update this process computes."""
+        return list(range(m))
+
+    def setup(self, params: list[nn.Parameter], buffers: list[torch.Tensor]) -> None:
+        """Called once before the first update (distributed: broadcast rank 0's weights)."""
+
+    def refiner(self, params: list[nn.Parameter], m: int, tau: float) -> GradRefine:
+        return GradRefine(params, m, tau)
+
+    def generators(self, seed: int, step: int, m: int, device: torch.device) -> Callable[[int], torch.Generator]:
+        gen = make_generator(derive_seed(seed, "update", step), device=device)
+        return lambda b: gen
+
+    def begin_update(self) -> None:
+        """Before the update's first minibatch."""
+
+    def before_minibatch(self) -> None:
+        """Before each minibatch's forward passes (distributed: reset BN statistics to the update's start)."""
+
+    def after_minibatch(self) -> None:
+        """After each minibatch's backward (distributed: record its BN-statistics change)."""
+
+    def finish_update(self, params: list[nn.Parameter], refiner: GradRefine | None, losses: list[float],
+                      history: dict) -> float:
+        """Combine the minibatches' gradients into ``p.grad``; return the update's mean loss."""
+        if refiner is not None:
+            history["kept_fraction"].append(refiner.apply())
+        return sum(losses) / len(losses)
+
+    def history_extra(self, m: int) -> dict:
+        return {}
+
+    def barrier(self) -> None:
+        """Wait for every process (distributed); nothing to wait for here."""
+
+
 def train_robust(student: nn.Module, x: torch.Tensor, cfg: RobustTrainConfig, *, y: torch.Tensor | None = None,
                  t_logits: torch.Tensor | None = None, out_dir: str | Path | None = None,
                  device: str | torch.device = "cpu", progress: bool = True,
                  stop_after_updates: int | None = None, inputs: dict | None = None,
-                 overwrite: bool = False) -> tuple[nn.Module, dict]:
+                 overwrite: bool = False, sync: UpdateSync | None = None,
+                 tensorboard: bool = False) -> tuple[nn.Module, dict]:
     """Adversarially train ``student`` (in place) on images ``x`` with labels ``y`` and/or teacher logits.
 
     ``out_dir`` enables checkpointing/resume. ``stop_after_updates`` stops early (used by tests to
     simulate a kill). ``inputs``: extra fingerprints that must match on resume (see the module doc).
+    ``sync``: how an update's minibatches are split and combined (default: this process, :class:`UpdateSync`).
     Returns the student (eval mode) and a history dict.
     """
-    device = torch.device(device)
+    device, sync = torch.device(device), sync or UpdateSync()
     n = check_training_inputs(x, y, t_logits)
-    if out_dir is not None:
-        fps = {**(inputs or {}),
-               "data": {k: None if t is None else sha256_tensor(t) for k, t in (("x", x), ("y", y),
-                                                                                ("t_logits", t_logits))},
-               "training": _jsonable(cfg.to_dict())}
-        RunManifest.check_or_init(out_dir, fps, overwrite)
+    if out_dir is not None and sync.pins_inputs:
+        _pin_inputs(out_dir, (x, y, t_logits), cfg, inputs, overwrite)
     objective = create_objective(cfg.objective, cfg.attack(), **cfg.objective_kwargs)
-    B = cfg.grad_refine_batches
-    per_epoch = cfg.updates_per_epoch(n)
+    m = sync.minibatches(cfg)
+    per_epoch = max(n // (cfg.batch_size * m), 1)
     total = per_epoch * cfg.epochs
-    lr = cfg.lr * (B if cfg.lr_scale_with_batches else 1)
+    lr = cfg.lr * (cfg.grad_refine_batches if cfg.lr_scale_with_batches else 1)
     student.to(device).train()
-    opt, sched = make_optimizer(student.parameters(), cfg, lr, total)
-    refiner = GradRefine(student.parameters(), B, cfg.tau) if B > 1 else None
-    history: dict = {"loss": [], "kept_fraction": [], "epoch_seconds": []}
-    step = 0
-    ckpt = Path(out_dir) / CHECKPOINT if out_dir is not None else None
-    if ckpt is not None and ckpt.exists():
-        state = safe_torch_load(ckpt, map_location=device)
-        if state["config"] != _jsonable(cfg.to_dict()):
-            raise ValueError(f"{ckpt} was written with a different training configuration; use a new --out")
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        history = state["history"]
-    x_dev = x.to(device)
-    y_dev = y.to(device) if y is not None else None
-    t_dev = t_logits.to(device) if t_logits is not None else None
-    with progress_bar(f"train[{cfg.objective}]", total=total, enabled=progress, completed=step) as bar:
+    params = [p for p in student.parameters() if p.requires_grad]
+    sync.setup(params, [b for _, b in student.named_buffers()])
+    opt, sched = make_optimizer(params, cfg, lr, total)
+    refiner = sync.refiner(params, m, cfg.tau) if cfg.grad_refine_batches > 1 else None
+    history: dict = {"loss": [], "kept_fraction": [], "epoch_seconds": [], **sync.history_extra(m)}
+    ckpt = Path(out_dir) / sync.checkpoint_name if out_dir is not None else None
+    step, history = _resume(ckpt, student, opt, sched, cfg, m, device, history)
+    sync.barrier()
+    tb = _tensorboard(out_dir, tensorboard and sync.writer)
+    data = [None if t is None else t.to(device) for t in (x, y, t_logits)]
+    with progress_bar(f"train[{cfg.objective}]{sync.label}", total=total, enabled=progress and sync.writer,
+                      completed=step) as bar:
         t_epoch = time.perf_counter()
         while step < total:
             epoch, pos = divmod(step, per_epoch)
             perm = torch.randperm(n, generator=make_generator(derive_seed(cfg.seed, "epoch", epoch)))
-            gen = make_generator(derive_seed(cfg.seed, "update", step), device=device)
+            gens = sync.generators(cfg.seed, step, m, device)
             objective.attack.eps = cfg.eps * eps_schedule(step, total, cfg.eps_warmup)
             losses = []
-            for b in range(B):
-                start = (pos * B + b) * cfg.batch_size
-                idx = perm[start:start + cfg.batch_size].to(device)
-                batch = Batch(x_dev[idx], None if y_dev is None else y_dev[idx],
-                              None if t_dev is None else t_dev[idx])
-                loss, _ = objective(student, batch, gen)
+            sync.begin_update()
+            for b in sync.mine(m):
+                sync.before_minibatch()
+                idx = perm[(pos * m + b) * cfg.batch_size:(pos * m + b + 1) * cfg.batch_size].to(device)
+                batch = Batch(*(None if t is None else t[idx] for t in data))
+                loss, _ = objective(student, batch, gens(b))
                 if not torch.isfinite(loss):
-                    raise IntegrityError(f"non-finite training loss at update {step}; nothing saved for this "
-                                         f"update", hint="lower --lr (or check the data for NaN/Inf)")
+                    raise IntegrityError(f"non-finite training loss at update {step}{sync.where}; nothing saved "
+                                         f"for this update", hint="lower --lr (or check the data for NaN/Inf)")
                 loss.backward()
                 if refiner is not None:
                     refiner.accumulate()
                 losses.append(loss.item())
-            if refiner is not None:
-                history["kept_fraction"].append(refiner.apply())
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+                sync.after_minibatch()
+            history["loss"].append(sync.finish_update(params, refiner, losses, history))
+            if cfg.grad_clip:  # on the combined gradient (identical on every rank)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             sched.step()
             step += 1
-            history["loss"].append(sum(losses) / len(losses))
             bar.advance(1, loss=history["loss"][-1])
-            end_of_epoch = step % per_epoch == 0
-            if end_of_epoch:
+            if tb is not None:
+                tb.scalars(step, loss=history["loss"][-1], lr=sched.get_last_lr()[0], **_last(history, "kept_fraction"))
+            if step % per_epoch == 0:
                 history["epoch_seconds"].append(time.perf_counter() - t_epoch)
                 t_epoch = time.perf_counter()
-            if ckpt is not None and (end_of_epoch or step % cfg.checkpoint_every == 0 or step == total):
-                if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
-                    raise IntegrityError(f"non-finite weights after update {step}; checkpoint not written",
-                                         hint="lower --lr or enable grad_clip")
-                atomic_torch_save(ckpt, {"student": student.state_dict(), "optimizer": opt.state_dict(),
-                                         "scheduler": sched.state_dict(), "step": step, "history": history,
-                                         "config": _jsonable(cfg.to_dict())})
+            if ckpt is not None and sync.writer and (step % per_epoch == 0 or step % cfg.checkpoint_every == 0
+                                                     or step == total):
+                _checkpoint(ckpt, student, opt, sched, step, history, cfg, m)
             if stop_after_updates is not None and step >= stop_after_updates:
                 break
-    if out_dir is not None:
+    if tb is not None:
+        tb.close()
+    if out_dir is not None and sync.writer:
         atomic_write_json(Path(out_dir) / "train_history.json", {"config": cfg.to_dict(), **history})
+    sync.barrier()
     return student.eval(), history
+
+
+def _last(history: dict, key: str) -> dict:
+    return {key: history[key][-1]} if history.get(key) else {}
+
+
+def _pin_inputs(out_dir: str | Path, data: tuple[torch.Tensor | None, ...], cfg: RobustTrainConfig,
+                inputs: dict | None, overwrite: bool) -> None:
+    """Check (or write) ``fingerprints.json``: the caller's inputs, the data digests, the config."""
+    fps = {**(inputs or {}),
+           "data": {k: None if t is None else sha256_tensor(t) for k, t in zip(("x", "y", "t_logits"), data,
+                                                                               strict=True)},
+           "training": _jsonable(cfg.to_dict())}
+    RunManifest.check_or_init(out_dir, fps, overwrite)
+
+
+def _resume(ckpt: Path | None, student: nn.Module, opt: torch.optim.Optimizer, sched: object, cfg: RobustTrainConfig,
+            m: int, device: torch.device, history: dict) -> tuple[int, dict]:
+    """Load a checkpoint written by the same configuration (and the same M); returns (step, history)."""
+    if ckpt is None or not ckpt.exists():
+        return 0, history
+    state = safe_torch_load(ckpt, map_location=device)
+    if state["config"] != _jsonable(cfg.to_dict()) or state.get("minibatches", m) != m:
+        raise ValueError(f"{ckpt} was written with a different training configuration or number of minibatches "
+                         f"per update (M = {state.get('minibatches')}, now {m}); use a new --out")
+    student.load_state_dict(state["student"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])  # type: ignore[attr-defined]
+    return int(state["step"]), state["history"]
+
+
+def _checkpoint(ckpt: Path, student: nn.Module, opt: torch.optim.Optimizer, sched: object, step: int,
+                history: dict, cfg: RobustTrainConfig, m: int) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in student.parameters()):
+        raise IntegrityError(f"non-finite weights after update {step}; checkpoint not written",
+                             hint="lower --lr or enable grad_clip")
+    atomic_torch_save(ckpt, {"student": student.state_dict(), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "step": step, "history": history,  # type: ignore[attr-defined]
+                             "config": _jsonable(cfg.to_dict()), "minibatches": m})
+
+
+def _tensorboard(out_dir: str | Path | None, enabled: bool):  # noqa: ANN202 - optional helper
+    if not enabled or out_dir is None:
+        return None
+    from shieldkit.utils.tensorboard import TensorBoardLogger
+
+    return TensorBoardLogger(Path(out_dir) / "tensorboard")
 
 
 def check_training_inputs(x: torch.Tensor, y: torch.Tensor | None, t_logits: torch.Tensor | None) -> int:
