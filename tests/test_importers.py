@@ -152,7 +152,7 @@ def test_state_dict_with_architecture_name(tmp_path):
 
 
 def test_pytorchcv_by_name_uses_only_the_local_cache(tmp_path, monkeypatch):
-    import shieldkit.models.importers as imp
+    import shieldkit.models.sources as imp
 
     monkeypatch.setattr(imp, "PYTORCHCV_CACHE", tmp_path)
     with pytest.warns(UserWarning, match="never downloads"):
