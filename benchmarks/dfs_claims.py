@@ -6,7 +6,7 @@ Regenerate (from the repo root; each part is resumable — finished rows are rea
     OMP_NUM_THREADS=1 nice -n 10 .venv/bin/python benchmarks/dfs_claims.py --part second
     .venv/bin/python benchmarks/dfs_claims.py --merge-only
 
-(or ``shieldkit bench dfs --part main`` …). Parts write ``benchmarks/results/dfs_claims.<part>.json``
+Parts write ``benchmarks/results/dfs_claims.<part>.json``
 row by row; every row also re-merges them into ``dfs_claims.json`` + the markdown table ``dfs_claims.md``,
 so a partial run still yields a table.
 

@@ -32,6 +32,35 @@ _commands = typer.Typer()  # collects the commands; register() adds them to the 
 
 
 
+def _check_train_flags(ctx: typer.Context, *, method: str, data: str, data_root: str | None, out: Path,
+                       init: Path | None, norm: str, eps: str | None, alpha: str | None, epochs: int, steps: int,
+                       batch_size: int, lr: float, temperature: float, eval_n: int, eval_n_old: int | None,
+                       start: str, kw: list[str]) -> int:
+    """Every ``train`` flag checked before anything is loaded or written; returns the resolved ``--n``."""
+    from shieldkit.data import validate as dv
+    from shieldkit.utils import validate as v
+
+    v.check_choice(method, TRAIN_METHODS, "--method")
+    dv.check_dataset(data, data_root)
+    v.check_out_dir(out)
+    if init is not None:
+        v.check_model_path(init, "--init")
+    v.check_norm(norm)
+    if eps is not None:
+        v.check_eps(eps, norm)
+    if alpha is not None:
+        v.check_positive_float(parse_eps(alpha, "--alpha"), "--alpha")
+    for value, flag in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
+        v.check_positive_int(value, flag)
+    v.check_positive_float(lr, "--lr")
+    v.check_positive_float(temperature, "--temperature")
+    eval_n, n_flag = alias_value(ctx, "eval_n", eval_n, eval_n_old, "--n", "--eval-n")
+    v.check_nonnegative_int(eval_n, n_flag)
+    v.check_choice(start, ("uniform", "normal"), "--start")
+    _parse_kwargs(kw)
+    return eval_n
+
+
 @_commands.command("train")
 def train(
     ctx: typer.Context,
@@ -59,34 +88,17 @@ def train(
     """Train a classic robust model on real labelled data (PGD-AT, TRADES, MART, FGSM-AT, ALP/CLP, VAT,
     Dynamic AT, IGR, MMC, Gaussian augmentation for smoothing, defensive distillation)."""
     from shieldkit.data import load_dataset
-    from shieldkit.data import validate as dv
     from shieldkit.defenses.mmc import attach_mmc_head
     from shieldkit.evaluation.basic import evaluate_basic
     from shieldkit.models import create_model, load_model, save_model
     from shieldkit.training.defense_training import train_defensive_distillation
     from shieldkit.training.robust import RobustTrainConfig, init_student, train_robust
-    from shieldkit.utils import validate as v
     from shieldkit.utils.device import resolve_device
     from shieldkit.utils.io import atomic_write_json
 
-    v.check_choice(method, TRAIN_METHODS, "--method")
-    dv.check_dataset(data, data_root)
-    v.check_out_dir(out)
-    if init is not None:
-        v.check_model_path(init, "--init")
-    v.check_norm(norm)
-    if eps is not None:
-        v.check_eps(eps, norm)
-    if alpha is not None:
-        v.check_positive_float(parse_eps(alpha, "--alpha"), "--alpha")
-    for value, flag in ((epochs, "--epochs"), (steps, "--steps"), (batch_size, "--batch-size")):
-        v.check_positive_int(value, flag)
-    v.check_positive_float(lr, "--lr")
-    v.check_positive_float(temperature, "--temperature")
-    eval_n, n_flag = alias_value(ctx, "eval_n", eval_n, eval_n_old, "--n", "--eval-n")
-    v.check_nonnegative_int(eval_n, n_flag)
-    v.check_choice(start, ("uniform", "normal"), "--start")
-    _parse_kwargs(kw)
+    eval_n = _check_train_flags(ctx, method=method, data=data, data_root=data_root, out=out, init=init, norm=norm,
+                                eps=eps, alpha=alpha, epochs=epochs, steps=steps, batch_size=batch_size, lr=lr,
+                                temperature=temperature, eval_n=eval_n, eval_n_old=eval_n_old, start=start, kw=kw)
     dev = resolve_device(device)
     e = resolve_threat_model(eps, norm, model=init, data=data).eps
     train_set, test_set = load_dataset(data, "train", root=data_root), load_dataset(data, "test", root=data_root)

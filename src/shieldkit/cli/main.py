@@ -60,7 +60,7 @@ def error_lines(exc: BaseException) -> tuple[list[str], int]:
 # ``--help`` lists commands in workflow order: your model in, shielded, evaluated, exported; then the
 # stage-by-stage commands, the other defences, scale-out, and the canned demo. Unlisted commands follow.
 WORKFLOW_ORDER = ("import-model", "shield", "evaluate", "export", "teacher", "synthesize", "train-synthetic",
-                  "train", "certify", "sqa", "atop", "dist-train", "dist-evaluate", "bench", "demo")
+                  "train", "certify", "sqa", "atop", "dist-train", "dist-evaluate", "demo")
 
 
 class ShieldkitGroup(TyperGroup):
@@ -145,7 +145,7 @@ def _root(
 
 
 # Modules contributing commands (each defines register(app)); --help orders them by WORKFLOW_ORDER.
-_COMMAND_MODULES = ("core", "evaluate", "unig", "atop", "classic", "bench", "scale", "export")
+_COMMAND_MODULES = ("core", "evaluate", "unig", "atop", "classic", "scale", "export")
 
 for _name in _COMMAND_MODULES:
     try:

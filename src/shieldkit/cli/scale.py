@@ -46,6 +46,41 @@ def register(app: typer.Typer) -> None:
     app.command("dist-evaluate")(dist_evaluate)
 
 
+def _check_import_flags(*, out: Path, weights: Path | None, data: str | None, data_root: str | None,
+                        num_classes: int | None, in_channels: int | None, image_size: int | None,
+                        check_n: int) -> None:
+    from shieldkit.data import validate as dv
+    from shieldkit.utils import validate as v
+
+    v.check_out_file(out)
+    v.check_existing_file(weights, "--weights")
+    dv.check_dataset(data, data_root)
+    if num_classes is not None:
+        v.check_num_classes(num_classes)
+    for value, flag in ((in_channels, "--in-channels"), (image_size, "--image-size")):
+        if value is not None:
+            v.check_positive_int(value, flag)
+    v.check_nonnegative_int(check_n, "--check-n")
+
+
+def _print_import_summary(model) -> None:  # noqa: ANN001 - a NormalizedClassifier
+    """One line: the discovered head, the features' width, the BatchNorm count, how it was imported."""
+    import torch
+
+    from shieldkit.cli.common import console
+    from shieldkit.models import bn_layers
+
+    info = model.card.extra["import"]
+    if model.card.extra.get("features", True):
+        with torch.no_grad():
+            x = torch.rand(1, model.card.in_channels, model.card.image_size, model.card.image_size)
+            features = f"{model.features(x).shape[1]}-d"
+    else:
+        features = "none (evaluation only)"
+    console.print(f"head: {info['head_layer']}  features: {features}  BatchNorm layers: {len(bn_layers(model))}  "
+                  f"channel repeat: {info['channel_repeat']}  ({info.get('how', info['source'])})")
+
+
 def import_model_cmd(
     ctx: typer.Context,
     source: Annotated[str, typer.Argument(help="timm:NAME | torchvision:NAME | pytorchcv:NAME | registry name | "
@@ -79,28 +114,17 @@ def import_model_cmd(
     OUT.arch.py, sha256 in OUT.json): the saved model is self-contained and its folder can be moved."""
     import warnings
 
-    import torch
-
     from shieldkit.cli.common import console
     from shieldkit.config import resolved_config, save_run_metadata
     from shieldkit.data import load_dataset
-    from shieldkit.data import validate as dv
     from shieldkit.errors import InputError
-    from shieldkit.models import bn_layers, save_model
+    from shieldkit.models import save_model
     from shieldkit.models.importers import import_model
     from shieldkit.models.normcheck import check_input_normalisation
     from shieldkit.models.pysource import parse_init_args, split_class_spec
-    from shieldkit.utils import validate as v
 
-    v.check_out_file(out)
-    v.check_existing_file(weights, "--weights")
-    dv.check_dataset(data, data_root)
-    if num_classes is not None:
-        v.check_num_classes(num_classes)
-    for value, flag in ((in_channels, "--in-channels"), (image_size, "--image-size")):
-        if value is not None:
-            v.check_positive_int(value, flag)
-    v.check_nonnegative_int(check_n, "--check-n")
+    _check_import_flags(out=out, weights=weights, data=data, data_root=data_root, num_classes=num_classes,
+                        in_channels=in_channels, image_size=image_size, check_n=check_n)
     kwargs = parse_init_args(init_args)
     test = load_dataset(data, "test", root=data_root) if data else None
     c, h = (test.image_shape[0], test.image_shape[1]) if test is not None else (None, None)
@@ -116,15 +140,7 @@ def import_model_cmd(
                              init_args=kwargs)
     for msg in dict.fromkeys(str(w.message) for w in caught if issubclass(w.category, UserWarning)):
         typer.echo(f"warning: {msg}", err=True)
-    info = model.card.extra["import"]
-    if model.card.extra.get("features", True):
-        with torch.no_grad():
-            x = torch.rand(1, model.card.in_channels, model.card.image_size, model.card.image_size)
-            features = f"{model.features(x).shape[1]}-d"
-    else:
-        features = "none (evaluation only)"
-    console.print(f"head: {info['head_layer']}  features: {features}  BatchNorm layers: {len(bn_layers(model))}  "
-                  f"channel repeat: {info['channel_repeat']}  ({info.get('how', info['source'])})")
+    _print_import_summary(model)
     if test is not None and check_n > 0:
         sub = test.subset(check_n, seed=0)
         rep = check_input_normalisation(model, sub.x, sub.y)  # NormalisationMismatch: ≤ 3 lines, exit 2

@@ -20,6 +20,36 @@ def register(app: typer.Typer) -> None:
     app.command("sqa")(sqa)
 
 
+def _defended(base, defence: str, *, sigma: float, seed: int, delta: float | None, lr: float | None,  # noqa: ANN001
+              steps: int | None, references: Path | None):  # noqa: ANN202 - a Defense or the model itself
+    """The system the attacks query: the model itself, RND (input noise σ) or UniG (UniGConfig overrides)."""
+    import dataclasses
+
+    from shieldkit.defenses.rnd import RandomNoiseDefense
+    from shieldkit.defenses.unig import UniG, UniGConfig
+    from shieldkit.utils.io import load_tensors
+
+    if defence == "rnd":
+        return RandomNoiseDefense(base, sigma, seed=seed)
+    if defence != "unig":
+        return base
+    overrides = {k: v for k, v in {"delta": delta, "lr": lr, "steps": steps}.items() if v is not None}
+    refs = None
+    if references is not None:
+        tensors = load_tensors(references)
+        refs = tensors.get("x", next(iter(tensors.values())))
+    return UniG(base, dataclasses.replace(UniGConfig(), **overrides), references=refs, seed=seed)
+
+
+def _print_sqa(res: dict, defence: str, dataset_name: str, budget_list: list[int]) -> None:
+    console.print(f"[bold]{defence}[/] on {dataset_name}: clean {100 * res['clean_accuracy']:.1f} % "
+                  f"(n = {res['n']})")
+    for name, r in res["attacks"].items():
+        accs = " / ".join(f"{100 * r['robust_accuracy'][b]:.1f}" for b in budget_list)
+        console.print(f"  {name:12s} robust @ {budget_list}: {accs}")
+    console.print(f"  worst case: {' / '.join(f'{100 * v:.1f}' for v in res['worst_case'].values())}")
+
+
 def sqa(
     model_path: Annotated[Path, typer.Option("--model", help="weights (.safetensors + .json sidecar)")],
     defence: Annotated[str, typer.Option(help="none | rnd | unig")] = "unig",
@@ -44,17 +74,14 @@ def sqa(
     out: Annotated[Path | None, typer.Option(help="write the results JSON here")] = None,
 ) -> None:
     """Robust accuracy under score-based query attacks (UniG Table 1 protocol) at each query budget."""
-    import dataclasses
 
     from shieldkit.attacks.query import ATTACKS, run_query_suite
     from shieldkit.data import load_dataset
     from shieldkit.data import validate as dv
-    from shieldkit.defenses.rnd import RandomNoiseDefense
-    from shieldkit.defenses.unig import UniG, UniGConfig
     from shieldkit.models import load_model
     from shieldkit.utils import validate as v
     from shieldkit.utils.device import resolve_device
-    from shieldkit.utils.io import atomic_write_json, load_tensors
+    from shieldkit.utils.io import atomic_write_json
 
     names = [a.strip() for a in attacks.split(",") if a.strip()]
     if not names:
@@ -82,26 +109,11 @@ def sqa(
     base = load_model(model_path, device=str(dev)).eval()
     dataset = load_dataset(data or base.card.dataset, split="test", root=data_root)
     v.check_model_fits_data(base, dataset, data_name=data or base.card.dataset)
-    model = base
-    if defence == "rnd":
-        model = RandomNoiseDefense(base, sigma, seed=seed)
-    elif defence == "unig":
-        overrides = {k: v for k, v in {"delta": delta, "lr": lr, "steps": steps}.items() if v is not None}
-        cfg = dataclasses.replace(UniGConfig(), **overrides)
-        refs = None
-        if references is not None:
-            tensors = load_tensors(references)
-            refs = tensors.get("x", next(iter(tensors.values())))
-        model = UniG(base, cfg, references=refs, seed=seed)
+    model = _defended(base, defence, sigma=sigma, seed=seed, delta=delta, lr=lr, steps=steps, references=references)
     res = run_query_suite(model, dataset, budgets=budget_list, eps=e, norm=norm, n=n, seed=seed,
                           attacks=names, targeted=targeted, device=dev)
     res["defence"] = defence
-    console.print(f"[bold]{defence}[/] on {dataset.name}: clean {100 * res['clean_accuracy']:.1f} % "
-                  f"(n = {res['n']})")
-    for name, r in res["attacks"].items():
-        accs = " / ".join(f"{100 * r['robust_accuracy'][b]:.1f}" for b in budget_list)
-        console.print(f"  {name:12s} robust @ {budget_list}: {accs}")
-    console.print(f"  worst case: {' / '.join(f'{100 * v:.1f}' for v in res['worst_case'].values())}")
+    _print_sqa(res, defence, dataset.name, budget_list)
     if out is not None:
         atomic_write_json(out, res)
         console.print(f"wrote {out}")

@@ -204,25 +204,7 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, example: torch.Ten
             warnings.simplefilter("always")
             exporter = _write(model, fmt, tmp, trace_x, opset)
         caught = sorted({f"{w.category.__name__}: {str(w.message).splitlines()[0][:200]}" for w in rec})
-        run = load_artefact(fmt, tmp, device=device)
-        try:
-            got = run(x)
-            got1 = run(x[:1])  # the batch axis must be dynamic (the graph was exported at batch 2)
-        except Exception as exc:  # noqa: BLE001 - any failure of the reloaded file (e.g. onnxruntime InvalidArgument)
-            raise IntegrityError(f"export {fmt}: the reloaded artefact fails on batches of {x.shape[0]} and 1: "
-                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
-                                 "; nothing was written",
-                                 hint="report this architecture as not exportable in this format") from exc
-        if tuple(got.shape) != tuple(ref.shape) or tuple(got1.shape) != tuple(ref[:1].shape):
-            raise IntegrityError(f"export {fmt}: the reloaded artefact returns shape {tuple(got.shape)} / "
-                                 f"{tuple(got1.shape)} for batches {x.shape[0]} / 1, the model "
-                                 f"{tuple(ref.shape)}; nothing was written",
-                                 hint="report this architecture as not exportable in this format")
-        diff = max(float((got.float() - ref).abs().max()), float((got1.float() - ref[:1]).abs().max()))
-        if not diff <= tol:  # also catches NaN
-            raise IntegrityError(f"export {fmt}: the reloaded artefact's logits differ from the model's by "
-                                 f"{diff:.3g} (max abs, tolerance {tol:g}) on {points_source}; nothing was written",
-                                 hint="try another --format (pt2 is the most faithful) or --device cpu")
+        diff = _verify_artefact(fmt, tmp, x, ref, tol, points_source, device)
         os.replace(tmp, out)
     except BaseException:
         if tmp.exists():
@@ -234,6 +216,43 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, example: torch.Ten
     finally:
         if tmp.exists():
             tmp.unlink()
+    report = _report(model, fmt, out, diff, tol, x, points_source, exporter, opset, device,
+                     ([warning] if warning else []) + caught)
+    if write_report:
+        from shieldkit.utils.io import atomic_write_json
+
+        atomic_write_json(out.with_name(out.name + ".json"), report)
+    return report
+
+
+def _verify_artefact(fmt: str, tmp: Path, x: torch.Tensor, ref: torch.Tensor, tol: float, points_source: str,
+                     device: torch.device) -> float:
+    """Reload the written artefact and compare its logits with the model's on ``x`` and on a batch of 1
+    (the batch axis must be dynamic); returns the max abs difference or raises :class:`IntegrityError`."""
+    run = load_artefact(fmt, tmp, device=device)
+    try:
+        got = run(x)
+        got1 = run(x[:1])  # the batch axis must be dynamic (the graph was exported at batch 2)
+    except Exception as exc:  # noqa: BLE001 - any failure of the reloaded file (e.g. onnxruntime InvalidArgument)
+        raise IntegrityError(f"export {fmt}: the reloaded artefact fails on batches of {x.shape[0]} and 1: "
+                             f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}"
+                             "; nothing was written",
+                             hint="report this architecture as not exportable in this format") from exc
+    if tuple(got.shape) != tuple(ref.shape) or tuple(got1.shape) != tuple(ref[:1].shape):
+        raise IntegrityError(f"export {fmt}: the reloaded artefact returns shape {tuple(got.shape)} / "
+                             f"{tuple(got1.shape)} for batches {x.shape[0]} / 1, the model "
+                             f"{tuple(ref.shape)}; nothing was written",
+                             hint="report this architecture as not exportable in this format")
+    diff = max(float((got.float() - ref).abs().max()), float((got1.float() - ref[:1]).abs().max()))
+    if not diff <= tol:  # also catches NaN
+        raise IntegrityError(f"export {fmt}: the reloaded artefact's logits differ from the model's by "
+                             f"{diff:.3g} (max abs, tolerance {tol:g}) on {points_source}; nothing was written",
+                             hint="try another --format (pt2 is the most faithful) or --device cpu")
+    return diff
+
+
+def _report(model: nn.Module, fmt: str, out: Path, diff: float, tol: float, x: torch.Tensor, points_source: str,
+            exporter: str, opset: int, device: torch.device, warns: list[str]) -> dict[str, Any]:
     card = getattr(model, "card", None)
     report: dict[str, Any] = {
         "format": fmt,
@@ -255,14 +274,14 @@ def export_model(model: nn.Module, fmt: str, out: str | Path, example: torch.Ten
         "torch": torch.__version__,
         "arch": getattr(card, "arch", None),
         "dataset": getattr(card, "dataset", None),
-        "warnings": ([warning] if warning else []) + caught,
+        "warnings": warns,
     }
     if fmt == "onnx":
         import onnxruntime
 
         report["onnxruntime"] = onnxruntime.__version__
-    if write_report:
-        from shieldkit.utils.io import atomic_write_json
+    if fmt == "onnx":
+        import onnxruntime
 
-        atomic_write_json(out.with_name(out.name + ".json"), report)
+        report["onnxruntime"] = onnxruntime.__version__
     return report

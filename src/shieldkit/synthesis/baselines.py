@@ -165,6 +165,31 @@ def _student_batch(
     return Batch(x, y, t_logits)
 
 
+def _generator_phase(gen: ConvGenerator, teacher: nn.Module, student: nn.Module, spec: BaselineSpec,
+                     cfg: BaselineConfig, rng: torch.Generator, device: torch.device, bn: BNStatistics | None,
+                     tau: float, opt_g: torch.optim.Optimizer) -> torch.Tensor:
+    """``cfg.g_steps`` generator updates minimising the baseline's L_Synth; returns the last loss. The student
+    is in eval mode: its BN statistics are not polluted by the generator's queries, its weights not updated."""
+    gen.train()
+    student.eval()
+    for _ in range(cfg.g_steps):
+        z, y_cond = gen.sample_inputs(cfg.batch_size, rng, device)
+        x = gen(z, y_cond)
+        if bn is not None:
+            bn.reset()
+            with bn:
+                t_logits = teacher(x)
+            bn_loss = bn.loss()
+        else:
+            t_logits, bn_loss = teacher(x), None
+        s_logits = student(x) if spec.needs_student else None
+        g_loss = spec.generator_loss(GenStep(x, y_cond, t_logits, s_logits, bn_loss, tau))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+    return g_loss
+
+
 def run_baseline(
     name: str,
     teacher: nn.Module,
@@ -210,23 +235,7 @@ def run_baseline(
             for step in range(cfg.student_steps):
                 # --- generator phase: minimise L_Synth (student in eval mode: its BN statistics are not
                 # polluted by the generator's queries, and its weights receive no update here)
-                gen.train()
-                student.eval()
-                for _ in range(cfg.g_steps):
-                    z, y_cond = gen.sample_inputs(cfg.batch_size, rng, device)
-                    x = gen(z, y_cond)
-                    if bn is not None:
-                        bn.reset()
-                        with bn:
-                            t_logits = teacher(x)
-                        bn_loss = bn.loss()
-                    else:
-                        t_logits, bn_loss = teacher(x), None
-                    s_logits = student(x) if spec.needs_student else None
-                    g_loss = spec.generator_loss(GenStep(x, y_cond, t_logits, s_logits, bn_loss, tau))
-                    opt_g.zero_grad(set_to_none=True)
-                    g_loss.backward()
-                    opt_g.step()
+                g_loss = _generator_phase(gen, teacher, student, spec, cfg, rng, device, bn, tau, opt_g)
                 student.zero_grad(set_to_none=True)
                 # --- student phase: one robust update on a fresh generated batch
                 with torch.no_grad():
