@@ -35,9 +35,14 @@ much; the savings come from not doing arithmetic:
    re-checked at run time: the first three queries and every 200th are also evaluated in full and
    compared bitwise, and any difference re-runs that Square call the plain way from the same RNG state.
 
-What stays, measured (``benchmarks/speed.py``): APGD's iterations are a forward and an input-gradient
-backward of the whole batch, which nothing here shrinks (≈0.9× of pyautoattack's time); FAB-T
-≈0.65×, Square ≈0.4×.
+Measured side by side (``benchmarks/results/speed.json``: PGD-AT ``mnist_cnn``, 200 MNIST-5k test points at
+ε = 0.1, 162 of them robust, one thread): 551 s against pyautoattack's 1,062 s (0.52×), robust flags and
+``x_adv`` bitwise equal on every point (and again at ε = 0.2). By sub-attack: APGD-CE 23 / 31 s, APGD-T
+165 / 185 s (0.89×: its iterations are a forward and an input-gradient backward of the whole batch, which
+nothing here shrinks), FAB-T 241 / 389 s (0.62×), Square 121 / 457 s (0.27×). Tried and dropped: reusing
+FAB's per-step label-check forward (with its graph) for the next step's gradient — FAB is a minimum-norm
+attack that pulls every point found adversarial (at any distance) back towards the clean image, so 50-100 %
+of the points move between the two forwards (measured on 12 points) and FAB-T got 1.3× slower.
 
 What the arithmetic depends on, and how it is kept equal: per-image results of the model must not
 depend on which other images share the batch. On this CPU that holds for every batch size ≥ 2 but not

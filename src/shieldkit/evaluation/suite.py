@@ -287,7 +287,8 @@ def autoattack(ev: SuiteRunner) -> None:
         res = run_autoattack_detailed(ev.counter, ev.x, ev.y, norm=ev.norm, eps=ev.eps, version=version,
                                       seed=ev.seed, batch_size=ev.bs, device=ev.device, attacks=attacks)
         ev.aa_detail[version] = {"per_attack_robust": res.per_attack, "attack_time_s": res.attack_time,
-                                 "warnings": res.warnings, "attacks": res.attacks, "n": len(ev.x)}
+                                 "warnings": res.warnings, "attacks": res.attacks, "n": len(ev.x),
+                                 "backend": res.backend}
         return res.robust.to(ev.device), res.x_adv
 
     name = "autoattack-standard" if spec.aa_attacks is None else f"autoattack ({'+'.join(spec.aa_attacks)})"

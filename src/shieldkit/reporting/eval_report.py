@@ -114,7 +114,9 @@ def autoattack_detail_html(detail: dict) -> str:
             f"<td class=num>{float(d.get('attack_time_s', {}).get(name, 0.0)):.1f}</td></tr>"
             for name, k in d.get("per_attack_robust", {}).items())
         if rows:
-            parts.append(f"<h3>AutoAttack {e(version)}: robust after each sub-attack</h3><table>"
+            how = (d.get("backend") or {}).get("backend", "")
+            parts.append(f"<h3>AutoAttack {e(version)}: robust after each sub-attack</h3>"
+                         f"<p class=small>pyautoattack's attacks and runner; backend: {e(str(how))}</p><table>"
                          f"<tr><th>after</th><th>robust points</th><th>acc</th><th>time (s)</th></tr>{rows}</table>")
     return "".join(parts)
 
