@@ -157,6 +157,7 @@ def run_demo_row(name: str, eps: float, teacher, test, args: argparse.Namespace)
             "clean_acc": sh["clean_acc"], "pgd_acc": sh["pgd_acc"], "autoattack_acc": sh.get("autoattack_acc"),
             "n": sh["n"], "aa_n": sh.get("aa_n"), "clean": sh.get("clean"), "pgd": sh.get("pgd"),
             "autoattack": sh.get("autoattack"), "trustworthy": res.get("trustworthy"),
+            "updates": cfg.training.updates_per_epoch(cfg.synthesis.n_samples) * cfg.training.epochs,
             "seconds": {"total": time.perf_counter() - t0, **res["seconds"]}}
 
 
@@ -172,7 +173,9 @@ def render(rows: dict) -> str:
              "mnist5k teachers (`mnist_cnn`: 4 conv-BN, 66k parameters; `mnist_cnn5`: 5 conv-BN, 70k), ℓ∞. One factor "
              "changed per row from `base` (see `benchmarks/recipe.py` for the base and each factor); `real_data` "
              "is the same training on 1,200 *real* training digits (the ceiling of any synthetic set at this "
-             "budget); `reference_*` rows are the independent loop of `benchmarks/recipe_reference.py`. Clean / "
+             "budget); `reference_*` rows are the independent loop of `benchmarks/recipe_reference.py`; `demo*` "
+             "rows are `shieldkit shield --eps E` at the demo budget (1,600 samples × 150 iterations, 200 updates "
+             "of PGD-7). Clean / "
              "PGD-20 on n real test points, AutoAttack-standard on aa_n of them; 95 % Clopper-Pearson intervals.", ""]
     ref_path = RESULTS / "recipe_reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
@@ -184,7 +187,7 @@ def render(rows: dict) -> str:
             if r["eps"] == eps:
                 lines.append(f"| {r['name']} | {r.get('teacher') or 'mnist_cnn'} | {_pct(r['clean'])} | "
                              f"{_pct(r['pgd'])} | {_pct(r['autoattack'])} | {r['n']} / {r['aa_n'] or 0} | "
-                             f"{r['updates']} |")
+                             f"{r.get('updates', '—')} |")
         lines.append("")
     lines += contrasts(everything)
     return "\n".join(lines)
