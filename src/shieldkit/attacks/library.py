@@ -27,6 +27,7 @@ import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -154,45 +155,22 @@ def _make_autoattack(
     return aa
 
 
-def run_autoattack(
-    model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    *,
-    norm: str,
-    eps: float,
-    version: str = "standard",
-    seed: int = 0,
-    batch_size: int = 250,
-    device: str | torch.device = "cpu",
-    attacks: Sequence[str] | None = None,
-    backend: str = DEFAULT_AA_BACKEND,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """AutoAttack through the official implementation, seeded explicitly.
+def run_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options: Any
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoAttack through the official implementation, seeded explicitly; ``options`` are those of
+    :func:`run_autoattack_detailed` (``norm`` and ``eps`` required; ``version``, ``seed``, ``batch_size``,
+    ``device``, ``attacks``, ``backend``), the sub-attacks run in one call (``per_attack=False``).
 
     Returns ``(robust, x_adv)`` with ``robust[i]`` True iff the model still predicts ``y[i]`` on
     ``x_adv[i]`` (clean errors count as non-robust, as in AutoAttack). Identical per point (robust
     flags and ``x_adv``) to ``pyautoattack.AutoAttack(model, norm=…, eps=…, version=…,
-    seed=seed).run_standard_evaluation`` on the same inputs (tested). ``backend="fast"`` (opt-in)
+    seed=seed).run_standard_evaluation`` on the same inputs (tested). The default ``backend="fast"``
     runs pyautoattack's runner and attacks with the cheaper, bitwise-equal model evaluation of
     :mod:`shieldkit.attacks.fast_autoattack` (CPU, deterministic models; otherwise it *is*
     pyautoattack); ``backend="pyautoattack"`` runs the package untouched. The global RNG state is
     restored afterwards.
     """
-    res = run_autoattack_detailed(
-        model,
-        x,
-        y,
-        norm=norm,
-        eps=eps,
-        version=version,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        attacks=attacks,
-        per_attack=False,
-        backend=backend,
-    )
+    res = run_autoattack_detailed(model, x, y, **options, per_attack=False)
     return res.robust, res.x_adv
 
 

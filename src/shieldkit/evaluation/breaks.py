@@ -235,6 +235,23 @@ def _suite(kwargs: dict, ctx: BreakContext) -> dict:
     }
 
 
+def evaluate_model_break(
+    name: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ctx: BreakContext,
+    test_data=None,
+    *,
+    naive: tuple[str, Attack],
+    adaptive: dict[str, Attack],
+) -> dict:
+    """:func:`evaluate_break` for a row whose defence is the trained model itself (distillation, IGR, MMC,
+    kWTA): each point is judged by the model's own prediction and the suite runs on the model."""
+    return evaluate_break(name, x, y, ctx, judge=correct_judge(model), defended=model, naive=naive,
+                          adaptive=adaptive, suite_kwargs=_suite_kwargs(test_data, model))
+
+
 # ----------------------------------------------------------------------------------------------- rows
 def break_distillation(
     model: nn.Module, temperature: float, x: torch.Tensor, y: torch.Tensor, ctx: BreakContext, test_data=None
@@ -242,34 +259,22 @@ def break_distillation(
     """Carlini & Wagner 2016: attack the distilled logits divided by T (CE), or the logit margin."""
     scaled = TemperatureScaled(model, temperature)
     steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
-    return evaluate_break(
-        "distillation",
-        x,
-        y,
-        ctx,
-        judge=correct_judge(model),
-        defended=model,
+    return evaluate_model_break(
+        "distillation", model, x, y, ctx, test_data,
         naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}-CE@T={temperature:g}": pgd_attack(scaled, steps),
             f"PGD-{ctx.adaptive_steps}-margin": pgd_attack(model, steps, margin_loss),
         },
-        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
 def break_igr(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BreakContext, test_data=None) -> dict:
     """Ross & Doshi-Velez evaluated with FGSM-type attacks; iterative PGD (CE and margin) removes the gain."""
-    return evaluate_break(
-        "igr",
-        x,
-        y,
-        ctx,
-        judge=correct_judge(model),
-        defended=model,
+    return evaluate_model_break(
+        "igr", model, x, y, ctx, test_data,
         naive=("FGSM", fgsm_attack(model, ctx.eps)),
         adaptive=ctx.adaptive_ce_margin(model),
-        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
@@ -290,19 +295,13 @@ def mmc_feature_loss() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
 def break_mmc(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BreakContext, test_data=None) -> dict:
     find_mmc_head(model)
     steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
-    return evaluate_break(
-        "mmc",
-        x,
-        y,
-        ctx,
-        judge=correct_judge(model),
-        defended=model,
+    return evaluate_model_break(
+        "mmc", model, x, y, ctx, test_data,
         naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}-margin": pgd_attack(model, steps, margin_loss),
             f"PGD-{ctx.adaptive_steps}-feature-distance": pgd_attack(model, steps, mmc_feature_loss()),
         },
-        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 
@@ -433,13 +432,8 @@ def break_kwta(
 ) -> dict:
     steps = ctx.cfg(ctx.adaptive_steps, ctx.restarts)
     smooth = EOT(_NoisyInput(model, sigma, ctx.seed), ctx.eot_samples)
-    return evaluate_break(
-        "kwta",
-        x,
-        y,
-        ctx,
-        judge=correct_judge(model),
-        defended=model,
+    return evaluate_model_break(
+        "kwta", model, x, y, ctx, test_data,
         naive=ctx.naive(model),
         adaptive={
             f"PGD-{ctx.adaptive_steps}x{steps.restarts}-margin": pgd_attack(model, steps, margin_loss),
@@ -447,7 +441,6 @@ def break_kwta(
                 smooth, steps, margin_loss
             ),
         },
-        suite_kwargs=_suite_kwargs(test_data, model),
     )
 
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from shieldkit.models.base import PooledLinearClassifier
 from shieldkit.models.registry import register_model
 
 CIFAR_STAGE_WIDTHS = (16, 32, 64)  # He et al. §4.2
@@ -69,7 +70,7 @@ class BasicUnit(nn.Module):
         return self.activ(self.body(x) + identity)
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(PooledLinearClassifier):
     """ResNet-(6n+2) for small images; ``forward_features`` returns the 64-d pooled features."""
 
     def __init__(self, blocks_per_stage: int, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -92,9 +93,6 @@ class CifarResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
 
 
 def init_weights(model: nn.Module) -> None:

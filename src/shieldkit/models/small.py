@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from shieldkit.models.base import PooledLinearClassifier
 from shieldkit.models.registry import register_model
 
 
@@ -17,7 +18,7 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PooledLinearClassifier):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, widths: tuple[int, int] = (32, 64)) -> None:
         super().__init__()
         w1, w2 = widths
@@ -31,9 +32,6 @@ class SmallCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.body(x)).flatten(1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
-
 
 @register_model
 def mnist_cnn(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
@@ -45,7 +43,7 @@ def mnist_cnn_wide(num_classes: int = 10, in_channels: int = 1, image_size: int 
     return SmallCNN(num_classes, in_channels, (64, 128))
 
 
-class SmallCNN5(nn.Module):
+class SmallCNN5(PooledLinearClassifier):
     """Five 3×3 conv-BN-ReLU layers (16, 32 | pool | 32, 64 | pool | 64), global average pooling, a linear
     head: ~70k parameters — the shape of the 72k-parameter 5-conv BN teacher of issue 16's reference loop,
     kept to measure how much the teacher's architecture (one more BN layer, narrower first layers) moves
@@ -62,9 +60,6 @@ class SmallCNN5(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.body(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
 
 
 @register_model

@@ -20,6 +20,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
+from shieldkit.models.base import PooledLinearClassifier
 from shieldkit.models.registry import register_model
 from shieldkit.models.resnet_cifar import (
     CIFAR_STAGE_WIDTHS,
@@ -59,7 +60,7 @@ class WideBasicUnit(nn.Module):
         return out + (x if self.identity_conv is None else self.identity_conv(pre))
 
 
-class WideResNet(nn.Module):
+class WideResNet(PooledLinearClassifier):
     """WRN-``depth``-``widen``; ``forward_features`` returns the ``64·widen``-d pooled features."""
 
     def __init__(self, depth: int, widen: int, num_classes: int = 10, in_channels: int = 3) -> None:
@@ -89,9 +90,6 @@ class WideResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.forward_features(x))
 
 
 @register_model

@@ -92,6 +92,16 @@ def sample_grid(
     return path
 
 
+
+def _save_titled(fig, path: Path, title: str) -> Path:
+    """Suptitle (if any), tight layout, save at 90 dpi and close: the tail every multi-panel figure shares."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
 # ---------------------------------------------------------------------------------------------- loss surface
 def filter_normalized_direction(
     model: nn.Module, generator: torch.Generator | None = None, ignore_bias_bn: bool = True
@@ -167,12 +177,7 @@ def plot_loss_surfaces(surfaces: dict[str, dict], path: str | Path, title: str =
         ax.set_title(label, fontsize=9)
         ax.set_xlabel("d1")
         ax.set_ylabel("d2")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_titled(fig, path, title)
 
 
 # ---------------------------------------------------------------------------------------------- PCA (Fig 8)
@@ -213,9 +218,4 @@ def plot_feature_pca(
         ax.set_xticks([])
         ax.set_yticks([])
     axs[0, 0].legend(fontsize=7, loc="best")
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return _save_titled(fig, path, title)

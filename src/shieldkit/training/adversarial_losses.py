@@ -57,6 +57,21 @@ class LabelledObjective(Objective):
             student.train(was)
 
 
+class PairedCEObjective(LabelledObjective):
+    """A loss of the clean and the adversarial logits, ``loss_terms(f(x), f(x'), y)``, with x' the PGD-CE
+    maximiser (MART, ALP): the two train-mode passes are made here, the method says only its loss."""
+
+    def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, Stats]:
+        self.check(batch)
+        x_adv = self.perturb(student, batch.x, batch.y, "ce", generator)
+        return self.loss_terms(student(batch.x), student(x_adv), batch.y)
+
+    def loss_terms(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor
+                   ) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+
 # --------------------------------------------------------------------------------------------------
 # PGD-AT, TRADES, MART (also reused by distillation_losses on synthetic data)
 # --------------------------------------------------------------------------------------------------
@@ -138,7 +153,7 @@ def mart_bce(logits_adv: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 @register_objective("mart")
-class MART(_BetaObjective):
+class MART(_BetaObjective, PairedCEObjective):
     """Wang et al. 2020 ("Improving adversarial robustness requires revisiting misclassified examples"),
     Eq 10 / the lecture's surrogate table:
 
@@ -148,12 +163,6 @@ class MART(_BetaObjective):
     The weight (1 − p_y(x)) — not detached, as in the reference code — emphasises misclassified
     examples. λ = 6 is the paper's CIFAR-10 value (``beta`` in the reference code).
     """
-
-    def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, Stats]:
-        self.check(batch)
-        x_adv = self.perturb(student, batch.x, batch.y, "ce", generator)
-        return self.loss_terms(student(batch.x), student(x_adv), batch.y)
 
     def loss_terms(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor
                    ) -> tuple[torch.Tensor, Stats]:
@@ -200,7 +209,7 @@ class FGSMAT(LabelledObjective):
 
 
 @register_objective("alp")
-class ALP(LabelledObjective):
+class ALP(PairedCEObjective):
     """Adversarial logit pairing, Kannan, Kurakin & Goodfellow 2018, Eq 2:
 
         J(M, θ) + λ · (1/m) Σ ‖z(x_i) − z(x'_i)‖²₂
@@ -216,12 +225,6 @@ class ALP(LabelledObjective):
         if lam < 0 or not 0.0 <= clean_weight <= 1.0:
             raise ValueError("ALP needs lam ≥ 0 and clean_weight in [0, 1]")
         self.lam, self.clean_weight = lam, clean_weight
-
-    def __call__(self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
-                 ) -> tuple[torch.Tensor, Stats]:
-        self.check(batch)
-        x_adv = self.perturb(student, batch.x, batch.y, "ce", generator)
-        return self.loss_terms(student(batch.x), student(x_adv), batch.y)
 
     def loss_terms(self, logits_clean: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor
                    ) -> tuple[torch.Tensor, Stats]:

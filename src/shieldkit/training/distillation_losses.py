@@ -34,6 +34,15 @@ def _labels_or_teacher(batch: Batch) -> torch.Tensor:
     return batch.t_logits.argmax(1)
 
 
+def _adversary_of_teacher(obj: Objective, student: nn.Module, batch: Batch, generator: torch.Generator | None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check the batch, then x' maximising KL(T(x) ‖ S(x')) at temperature 1 (the RSLAD inner maximisation,
+    which DFARD keeps); returns ``(x', detached teacher logits)``."""
+    obj.check(batch)
+    t_logits = batch.t_logits.detach()
+    return obj.perturb(student, batch.x, F.softmax(t_logits, 1), kl_to_target_probs, generator), t_logits
+
+
 @register_objective("ard")
 class ARDObjective(Objective):
     """ARD (Goldblum et al. 2020, Eq 3):
@@ -95,9 +104,7 @@ class RSLADObjective(Objective):
     def __call__(
         self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        self.check(batch)
-        t_logits = batch.t_logits.detach()
-        x_adv = self.perturb(student, batch.x, F.softmax(t_logits, 1), kl_to_target_probs, generator)
+        x_adv, t_logits = _adversary_of_teacher(self, student, batch, generator)
         return self.loss_terms(student(batch.x), student(x_adv), t_logits)
 
     def loss_terms(
@@ -154,9 +161,7 @@ class DFARDObjective(Objective):
     def __call__(
         self, student: nn.Module, batch: Batch, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        self.check(batch)
-        t_logits = batch.t_logits.detach()
-        x_adv = self.perturb(student, batch.x, F.softmax(t_logits, 1), kl_to_target_probs, generator)
+        x_adv, t_logits = _adversary_of_teacher(self, student, batch, generator)
         return self.loss_terms(student(x_adv), t_logits)
 
     def loss_terms(
