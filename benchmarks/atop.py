@@ -163,6 +163,8 @@ def merge(out: Path) -> None:
             if row == "without" and r["spec"].get("without_from") in set(groups) - {g}:
                 continue  # the same purifier as another group's row
             a = r["rows"][row]["attacks"]
+            if isinstance(a, list):  # run records (EvaluationResult schema); earlier rows: name -> summary
+                a = {rec["name"]: rec for rec in a}
             cells = [f"{100 * a[k]['acc']:.0f}" if k in a else "–" for k, _ in COLS]
             data = "synthetic (data-free)" if g == "df" else "real"
             tgt = "" if r["finetune_cfg"]["recon_target"] == "adv" else ", L1 to clean x"

@@ -299,6 +299,14 @@ def _load(prefix: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(PARTS.glob(f"{prefix}-*.json"))]
 
 
+def _adaptive_accs(row: dict) -> dict[str, float]:
+    """Accuracy per naive/adaptive attack of a break row: run records (``EvaluationResult`` schema), or the
+    name → summary dict of rows written before it (classic.json from earlier runs)."""
+    if isinstance(row["attacks"], dict):
+        return {k: a["acc"] for k, a in row["attacks"].items()}
+    return {a["name"]: a["acc"] for a in row["attacks"] if a["family"] != "clean"}
+
+
 def stage_report() -> None:
     at, brk, cert = _load("at"), _load("break"), _load("certify")
     order = ["standard", *AT_METHODS]
@@ -339,7 +347,7 @@ def stage_report() -> None:
                  f"{v.get('adaptive_vs_standard')} / {v.get('input_gradients')} / {v.get('randomness')} |")
     L += ["", "Adaptive attacks per row:", ""]
     for r in brk:
-        accs = "; ".join(f"{k} {a['acc']:.1%}" for k, a in r["attacks"].items())
+        accs = "; ".join(f"{k} {acc:.1%}" for k, acc in _adaptive_accs(r).items())
         L.append(f"* **{r['defense']}**: {accs}")
     L += ["", f"## Randomised smoothing (Cohen et al. 2019): certified ℓ2 accuracy, n = {N_CERT} points, "
           f"n0 = {CERT_N0}, n = {CERT_N}, α = {CERT_ALPHA}", "",

@@ -94,7 +94,7 @@ def test_kwta_swap_counts_relus(tiny) -> None:
 
 # ------------------------------------------------------------------------------------------------ breaks
 def _summary(row: dict) -> str:
-    accs = {k: round(v["acc"], 3) for k, v in row["attacks"].items()}
+    accs = {a["name"]: round(a["acc"], 3) for a in row["attacks"]}
     return f"{row['defense']}: clean {row['clean_acc']:.3f} {accs} audit {row['audit_verdicts']}"
 
 

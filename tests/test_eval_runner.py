@@ -85,3 +85,25 @@ def test_batches_are_seeded_by_step_and_index_not_by_what_ran_before() -> None:
     assert not torch.equal(a, _runner(batch_size=2).batched(noise, "step-c"))  # the tag matters
     robust, x_adv = _runner(batch_size=2).batched(noise, "step-b", judge_each=True)
     assert torch.equal(x_adv, a) and robust.dtype == torch.bool and robust.shape == (4,)
+
+
+def test_basic_evaluation_has_the_shared_schema_and_is_never_trustworthy(mnist_teacher, mnist_test):
+    """evaluate_basic returns the EvaluationResult schema (issue 14): attacks as run records with their passes
+    (hand-counted: PGD-k with track_best is k forward+backward passes plus two forwards per point), the
+    worst case over the AutoAttack subset, and — since it runs no audit — "NOT AUDITED", never trustworthy."""
+    from shieldkit.evaluation.basic import evaluate_basic
+
+    r = evaluate_basic(mnist_teacher, mnist_test, eps=0.1, n=40, aa_n=16, seed=2, pgd_steps=3,
+                       aa_attacks=["apgd-ce"])
+    assert r["suite"] == "basic" and r["audited"] is False and r["trustworthy"] is False
+    assert r["headline"].startswith("NOT AUDITED") and r["audit"] == []
+    assert [a["name"] for a in r["attacks"]] == ["clean", "PGD-3", "AutoAttack-standard[apgd-ce]"]
+    clean, pgd_run, aa = r["attacks"]
+    assert (clean["forwards"], clean["backwards"], clean["n"]) == (40, 0, 40)
+    assert (pgd_run["forwards"], pgd_run["backwards"], pgd_run["n"]) == (40 * 5, 40 * 3, 40)
+    assert aa["n"] == 16 and aa["forwards"] > 0
+    pp = r["per_point"]
+    worst = [pp["pgd_robust"][i] & a for a, i in zip(pp["autoattack_robust"], pp["autoattack_index"], strict=True)]
+    assert r["per_point_robust"] == worst and r["robust_n"] == 16 and r["n"] == 40
+    assert r["robust_acc"] == sum(worst) / 16
+    assert r["model"]["arch"] == "mnist_cnn"

@@ -116,7 +116,7 @@ def test_shield_cli_writes_report_and_card(cli_run, mnist_teacher):
     names = [c["name"] for c in s["audit"]]
     assert set(names) == {"finite_outputs", "class_count", "eps_range", "sample_size", "sample_size_autoattack",
                           "clean_accuracy", "eval_mode", "logits_not_softmax", "randomness", "input_gradients",
-                          "single_step_vs_iterative"}
+                          "single_step_vs_iterative", "eps_monotone"}
     assert [c["name"] for c in card["audit"]["checks"]] == names
     assert "audit" in saved["seconds"]
 
@@ -128,7 +128,15 @@ def test_shield_cli_writes_report_and_card(cli_run, mnist_teacher):
     assert card["model"]["weights_sha256"] in page
     assert "{'" not in page, "provenance rendered as a Python dict repr"
     pngs = _png_images(page)
-    assert len(pngs) >= 2  # accuracy chart + synthetic sample grid
+    assert len(pngs) >= 3  # accuracy chart + accuracy-vs-ε curve + synthetic sample grid
+    assert "Accuracy vs ε, teacher vs shielded" in page
+
+    # the accuracy-vs-ε curve: clean at ε = 0 (the curve subset is all 32 points here), then ε·(0.5, 1, 1.5, 2)
+    for row in ("teacher", "shielded"):
+        pts = saved[row]["curves"]["eps"]
+        assert [round(p["eps"], 6) for p in pts] == [0.0, 0.05, 0.1, 0.15, 0.2]
+        assert pts[0]["acc"] == saved[row]["clean_acc"] and all(p["n"] == 32 for p in pts)
+        assert saved[row]["curves"]["eps_attack"] == "PGD-10"
     assert all(b.startswith(b"\x89PNG\r\n\x1a\n") for b in pngs)
     assert "http://" not in page and "https://" not in page  # self-contained
 
@@ -170,3 +178,16 @@ def test_api_rerun_without_report_leaves_no_stale_card(cli_run, mnist_teacher, m
     shield(mnist_teacher, out, cfg, test_data=load_dataset("mnist5k", "test"), device="cpu", progress=False)
     assert (out / "results.json").exists()
     assert not (out / "model_card.json").exists() and not (out / "report.html").exists()
+
+
+def test_eps_curve_leaves_the_headline_attacks_alone(mnist_teacher, mnist_test):
+    """The curve runs after the headline attacks with generators of its own: every per-point result and
+    accuracy of clean / PGD is the same with and without it, and only the curve run has ``curves``."""
+    kw = dict(eps=0.1, n=40, seed=1, pgd_steps=3, autoattack=False)
+    plain = evaluate_basic(mnist_teacher, mnist_test, **kw)
+    curved = evaluate_basic(mnist_teacher, mnist_test, **kw, eps_curve=(2.0, 0.5), curve_n=24, curve_steps=3)
+    assert plain["curves"] == {}
+    assert curved["per_point"] == plain["per_point"] and curved["pgd_acc"] == plain["pgd_acc"]
+    pts = curved["curves"]["eps"]
+    assert [p["eps"] for p in pts] == [0.0, 0.05, 0.2] and all(p["n"] == 24 for p in pts)
+    assert pts[-1]["acc"] <= pts[0]["acc"]  # the ε = 0 point counts the clean-correct; attacks only remove points

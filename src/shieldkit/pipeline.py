@@ -50,6 +50,8 @@ class EvalConfig:
     pgd_steps: int = 20
     aa_version: str = "standard"
     seed: int = 0
+    eps_curve: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)  # accuracy-vs-ε curve: PGD-10 at ε·f (report figure)
+    curve_n: int = 200  # of the n points, the class-stratified subset the curve is measured on
 
     def __post_init__(self) -> None:
         from shieldkit.utils.validate import check_choice, check_nonnegative_int, check_positive_int
@@ -58,6 +60,13 @@ class EvalConfig:
         self.aa_n = check_nonnegative_int(self.aa_n, "evaluation.aa_n")
         self.pgd_steps = check_positive_int(self.pgd_steps, "evaluation.pgd_steps")
         self.aa_version = check_choice(self.aa_version, ("standard", "plus", "rand", "custom"), "evaluation.aa_version")
+        self.curve_n = check_positive_int(self.curve_n, "evaluation.curve_n")
+        self.eps_curve = tuple(float(f) for f in self.eps_curve)
+        if any(not f > 0 for f in self.eps_curve):
+            from shieldkit.errors import InputError
+
+            raise InputError(f"evaluation.eps_curve: factors of ε must be > 0, got {list(self.eps_curve)}",
+                             "e.g. eps_curve: [0.5, 1.0, 1.5, 2.0]")
 
 
 @dataclass
@@ -277,7 +286,7 @@ def _evaluate_rows(models: dict[str, NormalizedClassifier], data, cfg: ShieldCon
     ``timings`` (``evaluation`` / ``audit``, prefixed by ``stage``)."""
     e = cfg.evaluation
     kw = dict(norm=cfg.training.norm, eps=cfg.training.eps, n=e.n, seed=e.seed, pgd_steps=e.pgd_steps,
-              aa_version=e.aa_version, aa_n=e.aa_n, device=device)
+              aa_version=e.aa_version, aa_n=e.aa_n, device=device, eps_curve=e.eps_curve, curve_n=e.curve_n)
     rows: dict[str, dict] = {}
     t_eval = t_audit = 0.0
     for key, model in models.items():
@@ -391,8 +400,9 @@ def audit_basic(model: NormalizedClassifier, data, row: dict, *, eval_mode: dict
                 device: str | torch.device = "cpu") -> dict:
     """The cheap audit of one :func:`evaluate_basic` row, on the very points it scored: the validity checks
     (finite logits, class count, ε range, sample size of n and of the AutoAttack subset, clean accuracy
-    above chance), logits-not-softmax, randomness, input gradients and FGSM vs the iterative PGD.
-    Returns ``{"audit", "valid", "trustworthy", "headline", "robust"}`` to merge into the row. The
+    above chance), logits-not-softmax, randomness, input gradients, FGSM vs the iterative PGD and, when the row
+    has its accuracy-vs-ε curve, ``eps_monotone``.
+    Returns ``{"audit", "audited", "valid", "trustworthy", "headline", "robust"}`` to merge into the row. The
     attack-curve checks of ``shieldkit evaluate`` (iterations, restarts, unbounded ε, black-box, adaptive)
     are not run here — the report says so."""
     from shieldkit.attacks.pgd import PGDConfig, pgd
@@ -424,10 +434,13 @@ def audit_basic(model: NormalizedClassifier, data, row: dict, *, eval_mode: dict
             with torch.no_grad():
                 ok += int((clean & (model(adv).argmax(1) == yb)).sum())
         checks.append(A.check_single_vs_iterative(ok / n, float(row["pgd_acc"]), row["pgd"]["attack"], n))
+    curve = (row.get("curves") or {}).get("eps")
+    if curve:  # evaluate_basic's accuracy-vs-ε curve: accuracy must not grow with ε (beyond the tolerance)
+        checks.append(A.check_eps_monotone([(p["eps"], p["acc"]) for p in curve], int(row["curves"]["eps_n"])))
     robust = robust_summary(row)
     trusted, head = A.headline(checks, robust["acc"], robust["ci"])
-    return {"audit": checks, "valid": not A.invalid_reasons(checks), "trustworthy": trusted, "headline": head,
-            "robust": robust}
+    return {"audit": checks, "audited": True, "valid": not A.invalid_reasons(checks), "trustworthy": trusted,
+            "headline": head, "robust": robust}
 
 
 def demo_config(quick: bool = False) -> ShieldConfig:

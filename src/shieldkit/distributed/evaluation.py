@@ -24,8 +24,8 @@ from torch import nn
 from shieldkit.data.base import ImageDataset
 from shieldkit.distributed import dist
 from shieldkit.evaluation.basic import evaluate_basic
+from shieldkit.evaluation.runner import AttackRun, EvaluationResult
 from shieldkit.evaluation.stats import accuracy_summary
-from shieldkit.utils.provenance import provenance
 from shieldkit.utils.seed import derive_seed
 
 
@@ -49,7 +49,8 @@ def evaluate_distributed(model: nn.Module, data: ImageDataset, *, norm: str = "l
                              pgd_steps=pgd_steps, pgd_restarts=pgd_restarts, autoattack=autoattack,
                              aa_version=aa_version, batch_size=chunk_size, device=device)
         mine[c] = {"per_point": res["per_point"], "seconds": res["seconds"], "pgd": res["pgd"],
-                   "autoattack": res.get("autoattack")}
+                   "autoattack": res.get("autoattack"), "attacks": res["attacks"], "dataset": res["dataset"],
+                   "model": res["model"]}
     gathered = dist.all_gather_object({"rank": r, "chunks": mine, "seconds": time.perf_counter() - t0})
     return merge_chunk_results(gathered, n_chunks=len(starts), norm=norm, eps=eps, seed=seed,
                                chunk_size=chunk_size, autoattack=autoattack)
@@ -71,10 +72,7 @@ def merge_chunk_results(gathered: list, *, n_chunks: int, norm: str, eps: float,
     per_point = {k: [v for c in range(n_chunks) for v in chunks[c]["per_point"][k]] for k in keys}
     m = len(per_point["clean_correct"])
     first = chunks[0] if n_chunks else {"pgd": {}}
-    result: dict = {
-        "threat_model": "Linf" if norm == "linf" else "L2", "norm": norm, "eps": eps, "n": m, "seed": seed,
-        "clean_acc": sum(per_point["clean_correct"]) / max(m, 1),
-        "pgd_acc": sum(per_point["pgd_robust"]) / max(m, 1),
+    legacy: dict = {
         "clean": accuracy_summary(sum(per_point["clean_correct"]), m),
         "pgd": {**accuracy_summary(sum(per_point["pgd_robust"]), m),
                 **{k: v for k, v in first["pgd"].items() if k in ("attack", "steps", "step_size", "restarts",
@@ -86,11 +84,33 @@ def merge_chunk_results(gathered: list, *, n_chunks: int, norm: str, eps: float,
         "seconds": {k: sum(chunks[c]["seconds"].get(k, 0.0) for c in chunks)
                     for k in ("clean", "pgd", "autoattack")},
     }
+    worst = torch.tensor(per_point["pgd_robust"], dtype=torch.bool)
+    aa_acc = None
     if autoattack:
         k = sum(per_point["autoattack_robust"])
-        result["autoattack_acc"] = k / max(m, 1)
-        result["autoattack"] = {**accuracy_summary(k, m), "attack": first["autoattack"]["attack"],
+        aa_acc = k / max(m, 1)
+        legacy["autoattack"] = {**accuracy_summary(k, m), "attack": first["autoattack"]["attack"],
                                 "implementation": first["autoattack"]["implementation"]}
-        result["aa_n"] = m
-    result["provenance"] = provenance()
-    return result
+        legacy["aa_n"] = m
+        worst &= torch.tensor(per_point["autoattack_robust"], dtype=torch.bool)
+    return EvaluationResult(
+        clean_acc=sum(per_point["clean_correct"]) / max(m, 1), robust=worst,
+        attacks=_merged_records(chunks, per_point), audit=[], eps=eps, norm=norm, seed=seed, suite="basic",
+        dataset=first.get("dataset", ""), model=first.get("model", {}),
+        threat_model="Linf" if norm == "linf" else "L2", autoattack_acc=aa_acc,
+        pgd_acc=sum(per_point["pgd_robust"]) / max(m, 1), audited=False, n=m, extra=legacy,
+    ).to_dict(wall_time_s=max((g["seconds"] for g in gathered), default=0.0), device="distributed")
+
+
+def _merged_records(chunks: dict[int, dict], per_point: dict[str, list]) -> list[dict]:
+    """One record per attack over all chunks: the merged per-point flags, the summed passes and seconds."""
+    flags = {"clean": "clean_correct", "PGD": "pgd_robust", "AutoAttack": "autoattack_robust"}
+    out = []
+    for j, rec in enumerate(chunks[0]["attacks"] if chunks else []):
+        key = next(v for k, v in flags.items() if rec["name"].startswith(k))
+        parts = [chunks[c]["attacks"][j] for c in sorted(chunks)]
+        run = AttackRun(rec["name"], rec["family"], torch.tensor(per_point[key], dtype=torch.bool),
+                        sum(p["wall_time_s"] for p in parts), sum(p["forwards"] for p in parts),
+                        sum(p["backwards"] for p in parts), rec["params"], rec["in_worst_case"], rec["note"])
+        out.append(run.record())
+    return out

@@ -16,6 +16,7 @@ pyautoattack; budgets may be reduced, then recorded); unseen threat models: ``pg
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -28,7 +29,7 @@ from shieldkit.attacks.library import correct_mask, preserved_rng, run_autoattac
 from shieldkit.attacks.pgd import PGDConfig, pgd
 from shieldkit.attacks.stadv import StAdvConfig, stadv
 from shieldkit.defenses.atop.pipeline import PurificationPipeline
-from shieldkit.evaluation.runner import Runner
+from shieldkit.evaluation.runner import EvaluationResult, Runner
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.utils.seed import derive_seed, make_generator
 
@@ -125,15 +126,21 @@ def evaluate_pipeline(pipe: PurificationPipeline, x: torch.Tensor, y: torch.Tens
         pipe.reseed(derive_seed(cfg.seed, name, "attack"))
         return BUILDERS[name](pipe, eot, runner.x, runner.y, cfg, g, device)
 
-    out: dict = {"config": asdict(cfg), "n": len(x), "attacks": {}}
+    t0 = time.perf_counter()
     for name in cfg.attacks:
         r = runner.run(name, "clean" if name == "clean" else "white-box", lambda name=name: attack(name),
                        in_worst_case=name not in UNSEEN, eps=None if name in UNSEEN else cfg.eps)
-        s = accuracy_summary(int(r.robust.sum()), len(r.robust))
-        out["attacks"][name] = {"acc": s["acc"], "k": s["k"], "ci": s["ci"], "seconds": round(r.wall_time_s, 1)}
         if log:
-            print(f"  {name}: {s['acc']:.3f} ({r.wall_time_s:.0f}s)", flush=True)
+            print(f"  {name}: {r.acc:.3f} ({r.wall_time_s:.0f}s)", flush=True)
     pipe.reseed(None)
-    ws = accuracy_summary(int(runner.worst_case().sum()), len(x))
-    out["worst_case_linf"] = {"acc": ws["acc"], "k": ws["k"], "ci": ws["ci"]}
-    return out
+    worst = runner.worst_case()
+    ws = accuracy_summary(int(worst.sum()), len(x))
+    clean = runner.find("clean")
+    return EvaluationResult(
+        clean_acc=clean.acc if clean is not None else None, robust=worst, attacks=runner.records(), audit=[],
+        eps=cfg.eps, norm="linf", seed=cfg.seed, suite="atop", dataset="", model=EvaluationResult.describe(pipe),
+        threat_model="Linf", autoattack_acc=next((r.acc for r in runner.runs if r.name.startswith("autoattack")), None),
+        notes=[f"{', '.join(UNSEEN)}: other threat models, reported and not part of the ℓ∞ worst case"],
+        audited=False,
+        extra={"config": asdict(cfg), "worst_case_linf": {"acc": ws["acc"], "k": ws["k"], "ci": ws["ci"]}},
+    ).to_dict(wall_time_s=time.perf_counter() - t0, device=str(device))

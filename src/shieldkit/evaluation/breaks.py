@@ -30,6 +30,8 @@ the whole quick suite (:func:`shieldkit.evaluation.suite.evaluate`) runs on the 
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,7 +51,7 @@ from shieldkit.defenses.classic import (
 from shieldkit.defenses.mmc import find_mmc_head
 from shieldkit.defenses.temperature import TemperatureScaled
 from shieldkit.evaluation import audit as A
-from shieldkit.evaluation.runner import AttackRun, Runner
+from shieldkit.evaluation.runner import AttackRun, EvaluationResult, Runner
 from shieldkit.evaluation.stats import accuracy_summary
 from shieldkit.utils.seed import derive_seed
 
@@ -167,20 +169,23 @@ def evaluate_break(
     robust to an attack only if it is also clean-correct; the row's ``adaptive_acc`` is the per-point worst
     case over the adaptive attacks (the naive one is the claim being tested, not part of it)."""
     n = len(y)
+    t0 = time.perf_counter()
     runner = _runner(ctx, x, y, judge, defended)
-    clean = runner.run("clean", "clean", lambda: runner.x).robust
+    clean_run = runner.run("clean", "clean", lambda: runner.x)
+    clean = clean_run.robust
     naive_name, naive_fn = naive
-    runs = [(naive_name, _step(runner, naive_name, "naive", naive_fn, f"{name}/naive", ctx))]
-    runs[0][1].in_worst_case = False
-    runs += [(a, _step(runner, a, "adaptive", fn, f"{name}/{a}", ctx)) for a, fn in adaptive.items()]
-    attacks = {a: {**accuracy_summary(int((r.robust & clean).sum()), n), "seconds": round(r.wall_time_s, 2)}
-               for a, r in runs}
-    adaptive_accs = {a: attacks[a]["acc"] for a in adaptive}
+    runs = [_step(runner, naive_name, "naive", naive_fn, f"{name}/naive", ctx)]
+    runs[0].in_worst_case = False
+    runs += [_step(runner, a, "adaptive", fn, f"{name}/{a}", ctx) for a, fn in adaptive.items()]
+    # a point is robust to an attack only if it is also clean-correct (the row's per-attack accuracies)
+    records = [clean_run.record()] + [dataclasses.replace(r, robust=r.robust & clean).record() for r in runs]
+    acc = {r["name"]: r["acc"] for r in records}
+    adaptive_accs = {a: acc[a] for a in adaptive}
     worst = runner.worst_case()
     adaptive_acc = int(worst.sum()) / n  # a count over n, as every other accuracy here (not a float32 mean)
     x_probe, y_probe = x[: min(n, 100)].to(ctx.device), y[: min(n, 100)].to(ctx.device)
     checks = [
-        A.check_adaptive(adaptive_accs, {naive_name: attacks[naive_name]["acc"]}, n),
+        A.check_adaptive(adaptive_accs, {naive_name: acc[naive_name]}, n),
         A.check_gradients(A.input_gradient_stats(defended, x_probe, y_probe)),
         A.check_randomness(A.probe_randomness(defended, x_probe[:32]), ctx.eot_samples if randomised else 1),
     ]
@@ -188,26 +193,25 @@ def evaluate_break(
     mg = [a for k, a in adaptive_accs.items() if "margin" in k]
     if ce and mg:
         checks.append(A.check_loss_consistency(min(ce), min(mg), n))
-    row = {
-        "defense": name,
-        "n": n,
-        "eps": ctx.eps,
-        "norm": ctx.norm,
-        "clean_acc": float(clean.float().mean()),
-        "naive_attack": naive_name,
-        "naive_acc": attacks[naive_name]["acc"],
-        "adaptive_attacks": list(adaptive),
-        "adaptive_acc": adaptive_acc,
-        "adaptive_acc_ci": accuracy_summary(int(worst.sum()), n)["ci"],
-        "attacks": attacks,
-        "literature_broken": LITERATURE_BROKEN.get(name, False),
-        "break_succeeds": adaptive_acc <= BROKEN_THRESHOLD,
-        "audit": checks,
-        "audit_verdicts": {c["name"]: c["verdict"] for c in checks},
-    }
-    if ctx.run_suite and suite_kwargs is not None:
-        row["suite"] = _suite(suite_kwargs, ctx)
-    return row
+    quick = _suite(suite_kwargs, ctx) if ctx.run_suite and suite_kwargs is not None else None
+    return EvaluationResult(
+        clean_acc=float(clean.float().mean()), robust=worst, attacks=records, audit=checks, eps=ctx.eps,
+        norm=ctx.norm, seed=ctx.seed, suite=f"break:{name}", dataset="", model=EvaluationResult.describe(defended),
+        threat_model="Linf" if ctx.norm == "linf" else "L2",
+        notes=[f"the naive attack {naive_name} is the claim under test: reported, not part of the worst case"],
+        extra={
+            "defense": name,
+            "naive_attack": naive_name,
+            "naive_acc": acc[naive_name],
+            "adaptive_attacks": list(adaptive),
+            "adaptive_acc": adaptive_acc,
+            "adaptive_acc_ci": accuracy_summary(int(worst.sum()), n)["ci"],
+            "literature_broken": LITERATURE_BROKEN.get(name, False),
+            "break_succeeds": adaptive_acc <= BROKEN_THRESHOLD,
+            "audit_verdicts": {c["name"]: c["verdict"] for c in checks},
+            **({"quick_suite": quick} if quick is not None else {}),
+        },
+    ).to_dict(wall_time_s=time.perf_counter() - t0, device=str(ctx.device))
 
 
 def _suite(kwargs: dict, ctx: BreakContext) -> dict:

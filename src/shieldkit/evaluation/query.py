@@ -26,7 +26,6 @@ from shieldkit.evaluation import audit as A
 from shieldkit.evaluation.result import eval_fingerprints, precheck, validity_probe, write_outputs
 from shieldkit.evaluation.runner import EvaluationResult
 from shieldkit.evaluation.stats import accuracy_summary
-from shieldkit.models.protocol import card_of
 from shieldkit.utils.device import resolve_device
 
 
@@ -68,12 +67,11 @@ def evaluate_query(model: nn.Module, dataset: ImageDataset, *, eps: float, norm:
     validity = validity_probe(model, data, eps=eps, norm=norm, batch=16, device=torch.device(dev))
     validity.append(A.check_clean_accuracy(float(q["clean_accuracy"]), dataset.num_classes, q["n"]))
     audit[:0] = validity
-    card = card_of(model)
     result = EvaluationResult(
         clean_acc=q["clean_accuracy"], robust=torch.tensor(q["per_point_robust"], dtype=torch.bool),
         attacks=_records(q, targeted), audit=audit, eps=eps, norm=norm, seed=seed, suite="query",
         dataset=dataset.name, threat_model=("Linf" if norm == "linf" else "L2") + " score-based queries",
-        model=card.to_dict() if card is not None else {"class": type(model).__name__},
+        model=EvaluationResult.describe(model),
         curves={"queries": {k: v["curve"] for k, v in q["attacks"].items()}},
         notes=[f"worst case over {', '.join(q['attacks'])} at {budgets[-1]} queries per image"],
         extra={"query_suite": {k: v for k, v in q.items() if k != "per_point_robust"}})

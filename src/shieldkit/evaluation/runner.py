@@ -235,17 +235,35 @@ class EvaluationResult:
     autoattack_acc: float | None = None
     pgd_acc: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # evaluator-specific keys (suite_spec, query_suite, …)
+    # False for an evaluator that runs no audit (evaluate_basic): never "trustworthy", the headline says so
+    audited: bool = True
+    n: int | None = None  # points evaluated, when the worst case covers only some of them (an AutoAttack subset)
+
+    @staticmethod
+    def describe(model: nn.Module) -> dict:
+        """The ``model`` entry: the model card when there is one, else the class name."""
+        from shieldkit.models.protocol import card_of
+
+        card = card_of(model)
+        return card.to_dict() if card is not None else {"class": type(model).__name__}
 
     def to_dict(self, *, wall_time_s: float, device: str) -> dict:
         from shieldkit.evaluation import audit as A
         from shieldkit.utils.provenance import provenance
 
         worst = accuracy_summary(int(self.robust.sum()), len(self.robust))
-        trusted, head = A.headline(self.audit, worst["acc"], worst["ci"])
+        if self.audited:
+            trusted, head = A.headline(self.audit, worst["acc"], worst["ci"])
+        else:
+            trusted, head = False, (
+                f"NOT AUDITED — worst case over {', '.join(a['name'] for a in self.attacks if a['in_worst_case'])}: "
+                f"{worst['acc']:.1%} (95% CI {worst['ci'][0]:.1%}–{worst['ci'][1]:.1%}, {worst['n']} points); "
+                "no check for gradient masking was run: `shieldkit evaluate --suite quick` (or standard) audits it.")
         return {"clean_acc": self.clean_acc, "robust_acc": worst["acc"], "robust_acc_ci": worst["ci"],
                 "autoattack_acc": self.autoattack_acc, "pgd_acc": self.pgd_acc, "eps": float(self.eps),
-                "norm": self.norm, "threat_model": self.threat_model, "n": len(self.robust), "seed": self.seed,
-                "suite": self.suite, "dataset": self.dataset, "model": self.model,
+                "norm": self.norm, "threat_model": self.threat_model,
+                "n": len(self.robust) if self.n is None else self.n, "robust_n": len(self.robust), "seed": self.seed,
+                "suite": self.suite, "dataset": self.dataset, "model": self.model, "audited": self.audited,
                 "valid": not A.invalid_reasons(self.audit), "trustworthy": trusted, "headline": head,
                 "attacks": self.attacks, "curves": self.curves, "audit": self.audit,
                 "per_point_robust": self.robust.int().tolist(), "notes": self.notes, **self.extra,

@@ -206,12 +206,11 @@ def evaluate(
         cands = [r["acc"] for r in recs if r["name"].startswith(prefix) and r["in_worst_case"]]
         return min(cands) if cands else None
 
-    card = card_of(model)
     main = ev.role["pgd_main"]
     result = EvaluationResult(
         clean_acc=acc_of("clean"), robust=ev.worst_case(), attacks=recs, audit=audit, eps=eps, norm=norm,
         seed=seed, suite=spec.name, dataset=data.name, threat_model="Linf" if norm == "linf" else "L2",
-        model=card.to_dict() if card is not None else {"class": type(model).__name__}, curves=ev.role["curves"],
+        model=EvaluationResult.describe(model), curves=ev.role["curves"],
         notes=ev.notes, autoattack_acc=acc_of("autoattack"), pgd_acc=main.acc,
         extra={"pgd_attack": main.name, "randomised": ev.random, "eot_samples": eot_samples if ev.random else 0,
                "preprocess": getattr(preprocess, "__name__", repr(preprocess)) if preprocess is not None else None,

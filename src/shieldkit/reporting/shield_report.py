@@ -166,6 +166,18 @@ def build_model_card(results: dict, *, model_card: dict, teacher_card: dict, has
     }
 
 
+def _legend_png(fig, ax) -> bytes:  # noqa: ANN001
+    """Legend top right, tight layout, PNG bytes; the figure is closed (the charts' shared tail)."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def accuracy_chart(results: dict, where: str = "real test images") -> bytes | None:
     """Grouped bars teacher vs shielded (clean / PGD / AutoAttack) with 95 % interval whiskers, as PNG.
     ``results``: a dict with ``teacher`` / ``shielded`` rows; ``where``: what they were measured on (title)."""
@@ -199,12 +211,34 @@ def accuracy_chart(results: dict, where: str = "real test images") -> bytes | No
     ax.set_ylim(0, 118)
     ax.set_yticks(range(0, 101, 20))
     ax.set_title(f"{rows[0][1]['threat_model']} ε = {rows[0][1]['eps']:.4g}, {where}, 95 % intervals", fontsize=9)
-    ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _legend_png(fig, ax)
+
+
+def eps_curve_chart(results: dict, where: str = "real test images") -> bytes | None:
+    """Accuracy vs ε (``curves["eps"]`` of each teacher / shielded row, :func:`evaluate_basic`'s
+    ``eps_curve``) with 95 % interval whiskers and the evaluated ε marked, as PNG; ``None`` without curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(label, results[k]) for k, label in ROWS if (results.get(k) or {}).get("curves", {}).get("eps")]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.4), dpi=110)
+    for label, r in rows:
+        pts = r["curves"]["eps"]
+        ax.errorbar([p["eps"] for p in pts], [100 * p["acc"] for p in pts],
+                    yerr=[[100 * (p["acc"] - p["ci"][0]) for p in pts], [100 * (p["ci"][1] - p["acc"]) for p in pts]],
+                    marker="o", capsize=3, label=label)
+    r0 = rows[0][1]
+    ax.axvline(r0["eps"], color="#c0392b", ls="--", lw=1, label=f"evaluated ε = {r0['eps']:.4g}")
+    ax.set_xlabel(f"ε ({r0['norm']})")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.set_title(f"{r0['curves']['eps_attack']} on {r0['curves']['eps_n']} {where} per ε, 95 % intervals", fontsize=9)
+    return _legend_png(fig, ax)
 
 
 def _png(data: bytes | None, alt: str) -> str:
@@ -323,17 +357,21 @@ def _accuracy_html(rows_of: dict, synthetic: bool) -> str:
     invalid = any(not (rows_of.get(k) or {}).get("valid", True) for k, _ in ROWS)
     alt = (f"Accuracy teacher vs shielded on {where} (95 % intervals)"
            + (" — INVALID evaluation, see the audit" if invalid else ""))
-    return head + _accuracy_table(rows_of) + _png(accuracy_chart(rows_of, where), alt)
+    curve_alt = f"Accuracy vs ε, teacher vs shielded, on {where} (95 % intervals; not part of the worst case)"
+    return (head + _accuracy_table(rows_of) + _png(accuracy_chart(rows_of, where), alt)
+            + _png(eps_curve_chart(rows_of, where), curve_alt))
 
 
 def _audit_html(rows_of: dict, synthetic: bool) -> str:
     e = html.escape
+    ran = {c["name"] for k, _ in ROWS for c in (rows_of.get(k) or {}).get("audit", [])}
+    not_run = [c for c in NOT_RUN if c not in ran]
     out = ["<h2>Audit" + (f" (on the held-out synthetic samples — {e(SYNTHETIC_LABEL)})" if synthetic else "")
            + "</h2><p>Validity checks (INVALID = the evaluation itself is meaningless) and cheap "
            "obfuscated-gradient checks, run on the points evaluated. A headline says whether the "
            "<i>measurement</i> can be trusted (no check INVALID or FAIL), not that the model is robust: "
            "read the number it states. Not run here (use "
-           f"<code>shieldkit evaluate --suite standard</code>): {e(', '.join(NOT_RUN))}.</p>"]
+           f"<code>shieldkit evaluate --suite standard</code>): {e(', '.join(not_run))}.</p>"]
     for key, label in ROWS:
         rec = rows_of.get(key)
         if not rec or "audit" not in rec:
