@@ -317,3 +317,58 @@ def test_torch_export_archive_is_rebuilt_eagerly_and_self_contained(user, tmp_pa
         twin = copy.deepcopy(net).train()
         assert (model.train()(x) - twin(x)).abs().max().item() <= 1e-5  # train-mode BN: batch statistics
     model.eval()
+
+
+TINY_SHIELD = """\
+synthesis: {n_samples: 40, batch_size: 20, iterations: 5, seed: 0}
+training: {epochs: 1, batch_size: 20, attack_steps: 2, seed: 0}
+evaluation: {n: 32, aa_n: 16, pgd_steps: 5, seed: 0, curve_n: 32}
+"""
+
+
+def test_own_python_class_shielded_then_sources_deleted_still_loads_evaluates_exports(
+        user, tmp_path_factory, monkeypatch):
+    """Issue 15's acceptance path as a user walks it: `import-model mynet.py:Net`, `shield --quick` (capped
+    further by a tiny --config so the test is fast) through the CLI, then the user's mynet.py, net.pt *and*
+    the imported bundle are deleted; the shielded model still loads, `evaluate` runs on it, and
+    `export --format onnx` writes a file whose onnxruntime logits match the model's to 1e-4 on real digits."""
+    import functools
+
+    import onnxruntime as ort
+
+    import shieldkit.pipeline as pipeline
+    from shieldkit.evaluation.basic import evaluate_basic
+
+    d, _ = user
+    work = tmp_path_factory.mktemp("walk")
+    src = work / "project"
+    shutil.copytree(d, src)  # the module-scoped user folder stays for the other tests
+    res = _cli("import-model", f"{src / 'mynet.py'}:Net", "--weights", src / "net.pt", "--init-args",
+               '{"width": 8}', "--out", work / "bundle" / "model", "--data", "mnist5k", "--check-n", "300", *SHAPE)
+    assert res.exit_code == 0, res.output
+    (work / "tiny.yaml").write_text(TINY_SHIELD)
+    # AutoAttack restricted to APGD-CE inside shield (Square/FAB on survivors cost minutes; not under test here)
+    monkeypatch.setattr(pipeline, "evaluate_basic", functools.partial(evaluate_basic, aa_attacks=["apgd-ce"]))
+    res = _cli("shield", "--teacher", work / "bundle" / "model", "--quick", "--config", work / "tiny.yaml",
+               "--data", "mnist5k", "--out", work / "run", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    assert (work / "run" / "report.html").is_file() and (work / "run" / "model_card.json").is_file()
+
+    shutil.rmtree(src)
+    shutil.rmtree(work / "bundle")  # nothing of the user's, nor the imported teacher, is left
+    x = load_dataset("mnist5k", "test").subset(64, seed=3).x
+    model = load_model(work / "run" / "shielded")
+    with torch.no_grad():
+        want = model(x).numpy()
+
+    res = _cli("evaluate", "--model", work / "run" / "shielded", "--data", "mnist5k", "--suite", "quick",
+               "--n", "20", "--no-transfer", "--out", work / "eval", "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    ev = json.loads((work / "eval" / "evaluation.json").read_text())
+    assert ev["n"] == 20 and ev["model"]["arch"] == "imported:mynet.py:Net" and ev["valid"] is True
+
+    res = _cli("export", "--model", work / "run" / "shielded", "--format", "onnx", "--out", work / "net.onnx")
+    assert res.exit_code == 0, res.output
+    sess = ort.InferenceSession(str(work / "net.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - want).max() <= 1e-4
