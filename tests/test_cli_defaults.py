@@ -207,12 +207,14 @@ def test_apply_quick_caps_sizes_keeps_method_and_threat_model():
     assert (cfg.synthesis.n_samples, cfg.synthesis.iterations) == (quick.synthesis.n_samples,
                                                                    quick.synthesis.iterations)
     assert cfg.training.epochs == quick.training.epochs
-    assert (cfg.evaluation.n, cfg.evaluation.aa_n) == (quick.evaluation.n, quick.evaluation.aa_n)
+    assert (cfg.evaluation.n, cfg.evaluation.aa_n, cfg.evaluation.curve_n) == (
+        quick.evaluation.n, quick.evaluation.aa_n, quick.evaluation.curve_n)
     assert cfg.training.grad_refine_batches == cfg.synthesis.n_samples // cfg.training.batch_size  # 20 → 2
     for key in ("eps", "norm", "objective", "lr", "attack_steps", "attack_alpha", "momentum", "batch_size"):
         assert getattr(cfg.training, key) == getattr(before.training, key), key
     assert cfg.synthesis.labels == before.synthesis.labels and cfg.synthesis.lr == before.synthesis.lr
-    assert "synthesis.n_samples 60000 → 400" in changes and len(changes) == 6
+    assert "synthesis.n_samples 60000 → 400" in changes and "evaluation.curve_n 200 → 50" in changes
+    assert len(changes) == 7
     small = copy.deepcopy(quick)
     assert apply_quick(small) == [] and small == quick  # a config already quick-sized is untouched
 

@@ -461,7 +461,7 @@ def demo_config(quick: bool = False) -> ShieldConfig:
         return ShieldConfig(
             synthesis=SynthesisConfig(n_samples=400, batch_size=200, iterations=40, seed=0),
             training=RobustTrainConfig(eps=0.1, epochs=3, lr=0.01, batch_size=100, seed=0),
-            evaluation=EvalConfig(n=200, aa_n=50),
+            evaluation=EvalConfig(n=200, aa_n=50, curve_n=50),
         )
     return ShieldConfig(
         synthesis=SynthesisConfig(n_samples=1600, batch_size=200, iterations=150, seed=0),

@@ -137,7 +137,7 @@ def apply_quick(cfg: Any) -> list[str]:
     Chosen over refusing the combination because "smoke-test this preset before the GPU-hours run" is the
     point of ``--quick``. The config is applied first, then only its *sizes* are capped at
     :func:`shieldkit.pipeline.demo_config` ``(quick=True)``'s — synthesis ``n_samples`` and ``iterations``,
-    training ``epochs``, evaluation ``n`` and ``aa_n`` (each ``min(config, quick)``, so a config already
+    training ``epochs``, evaluation ``n``, ``aa_n`` and ``curve_n`` (each ``min(config, quick)``, so a config already
     smaller is untouched) — and GradRefine's ℬ to the minibatches the capped set holds (ℬ × batch size
     beyond the set would train on empty batches). The method and the threat model (objective, ε, norm, lr,
     attack, labels, coefficients, seeds) stay the config's, which is what makes the combination well
@@ -161,4 +161,5 @@ def apply_quick(cfg: Any) -> list[str]:
     cap("training", "grad_refine_batches", max(1, cfg.synthesis.n_samples // cfg.training.batch_size))
     cap("evaluation", "n", quick.evaluation.n)
     cap("evaluation", "aa_n", min(quick.evaluation.aa_n, cfg.evaluation.n))
+    cap("evaluation", "curve_n", quick.evaluation.curve_n)
     return changes

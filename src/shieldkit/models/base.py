@@ -11,7 +11,8 @@ class PooledLinearClassifier(nn.Module):
     (DataFreeShield's feature-level terms, the latent attack, MMC) read from a model. Subclasses build
     ``self.head`` and define :meth:`forward_features` (trunk → pooled, flattened features)."""
 
-    head: nn.Linear
+    # no class-level ``head: nn.Linear`` annotation: torch.jit.script reads class annotations and cannot
+    # resolve it (the TorchScript import route scripts user models built on these classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
