@@ -77,10 +77,16 @@ ROWS: dict[str, tuple[dict, dict]] = {
 
 
 # demo rows: `shieldkit shield --eps E` at the demo budget (pipeline.demo_config: 1,600 samples × 150 iterations,
-# 25 epochs PGD-7, evaluation on 1,000 real test points, AutoAttack on 200), with synthesis overrides
-DEMO_ROWS: dict[str, dict] = {
-    "demo": {},  # the defaults as shipped
-    "demo_new_synthesis": {"clamp": True, "labels": "random"},  # the synthesis factors the ε = 0.2 rows favour
+# 25 epochs, evaluation on 1,000 real test points, AutoAttack on 200), with synthesis and training overrides
+# (issue 17 item 3: fewer inner steps — PGD-7 step ε/4, the demo's setting until these rows; PGD-3 step ε/2, the
+# demo's setting since; FGSM from a uniform start with step 1.25ε, Wong et al. 2020). Every row records its
+# resolved training config: the `demo` rows measured before the switch ran PGD-7.
+DEMO_ROWS: dict[str, dict[str, dict]] = {
+    "demo": {},  # the defaults as shipped when the row ran
+    "demo_new_synthesis": {"synthesis": {"clamp": True, "labels": "random"}},  # what the ε = 0.2 rows favour
+    "demo_pgd7": {"training": {"attack_steps": 7, "attack_alpha_ratio": 0.25}},
+    "demo_pgd3": {"training": {"attack_steps": 3, "attack_alpha_ratio": 0.5}},
+    "demo_fgsm_rs": {"training": {"attack_steps": 1, "attack_alpha_ratio": 1.25, "attack_start": "uniform"}},
 }
 
 
@@ -145,14 +151,16 @@ def run_demo_row(name: str, eps: float, teacher, test, args: argparse.Namespace)
     from shieldkit.pipeline import demo_config, shield
 
     cfg = demo_config()
-    cfg = dataclasses.replace(cfg, synthesis=dataclasses.replace(cfg.synthesis, **DEMO_ROWS[name]),
-                              training=dataclasses.replace(cfg.training, eps=eps))
+    syn_over = DEMO_ROWS[name].get("synthesis", {})
+    train_over = DEMO_ROWS[name].get("training", {})
+    cfg = dataclasses.replace(cfg, synthesis=dataclasses.replace(cfg.synthesis, **syn_over),
+                              training=dataclasses.replace(cfg.training, eps=eps, **train_over))
     t0 = time.perf_counter()
     res = shield(teacher, Path(args.work) / f"demo-eps{eps:g}-{name}", cfg, test_data=test, device=args.device,
                  progress=False, evaluate_teacher=False)
     sh = res["shielded"]
     return {"name": name, "eps": eps, "command": f"shieldkit shield --eps {eps:g} at the demo budget"
-            + (f" with synthesis {DEMO_ROWS[name]}" if DEMO_ROWS[name] else ""),
+            + "".join(f" with {part} {over}" for part, over in DEMO_ROWS[name].items()),
             "synthesis": cfg.synthesis.to_dict(), "training": cfg.training.to_dict(),
             "clean_acc": sh["clean_acc"], "pgd_acc": sh["pgd_acc"], "autoattack_acc": sh.get("autoattack_acc"),
             "n": sh["n"], "aa_n": sh.get("aa_n"), "clean": sh.get("clean"), "pgd": sh.get("pgd"),
@@ -168,26 +176,33 @@ def _pct(d: dict | None) -> str:
     return f"{100 * d['acc']:.1f} [{100 * lo:.0f}, {100 * hi:.0f}]"
 
 
+def _seconds(row: dict, stage: str) -> str:
+    s = (row.get("seconds") or {}).get(stage)
+    return "—" if s is None else f"{s:.0f}"
+
+
 def render(rows: dict) -> str:
-    lines = ["# Recipe ablation (issue 16)", "",
+    lines = ["# Recipe ablation (issues 16, 17)", "",
              "mnist5k teachers (`mnist_cnn`: 4 conv-BN, 66k parameters; `mnist_cnn5`: 5 conv-BN, 70k), ℓ∞. One factor "
              "changed per row from `base` (see `benchmarks/recipe.py` for the base and each factor); `real_data` "
              "is the same training on 1,200 *real* training digits (the ceiling of any synthetic set at this "
              "budget); `reference_*` rows are the independent loop of `benchmarks/recipe_reference.py`; `demo*` "
-             "rows are `shieldkit shield --eps E` at the demo budget (1,600 samples × 150 iterations, 200 updates "
-             "of PGD-7). Clean / "
+             "rows are `shieldkit shield --eps E` at the demo budget (1,600 samples × 150 iterations, 200 updates; "
+             "PGD-7 step ε/4 in the rows run before 2026-12-07's switch to PGD-3 step ε/2, `demo_pgd3` / "
+             "`demo_fgsm_rs` change only the inner attack; training s on a shared machine). Clean / "
              "PGD-20 on n real test points, AutoAttack-standard on aa_n of them; 95 % Clopper-Pearson intervals.", ""]
     ref_path = RESULTS / "recipe_reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
     everything = {**rows, **{k: {**r, "teacher": r["args"]["arch"]} for k, r in ref.items()}}
     for eps in sorted({r["eps"] for r in everything.values()}):
-        lines += [f"## ε = {eps:g}", "", "| row | teacher | clean | PGD-20 | AutoAttack | n / aa_n | updates |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"## ε = {eps:g}", "",
+                  "| row | teacher | clean | PGD-20 | AutoAttack | n / aa_n | updates | training s |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in everything.values():
             if r["eps"] == eps:
                 lines.append(f"| {r['name']} | {r.get('teacher') or 'mnist_cnn'} | {_pct(r['clean'])} | "
                              f"{_pct(r['pgd'])} | {_pct(r['autoattack'])} | {r['n']} / {r['aa_n'] or 0} | "
-                             f"{r.get('updates', '—')} |")
+                             f"{r.get('updates', '—')} | {_seconds(r, 'training')} |")
         lines.append("")
     lines += contrasts(everything)
     return "\n".join(lines)

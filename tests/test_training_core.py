@@ -118,3 +118,16 @@ def test_training_rejects_bad_inputs(mnist_teacher):
     with pytest.raises(ValueError, match="rows"):
         train_robust(init_student(mnist_teacher), x, RobustTrainConfig(epochs=1), y=torch.zeros(3, dtype=torch.long),
                      progress=False)
+
+
+def test_attack_step_ratio_follows_eps_and_explicit_alpha_wins():
+    """The demo's inner PGD step is ε/2 *of whatever ε is chosen* (shield --eps 0.2 → 0.1), not a fixed number;
+    an explicit attack_alpha overrides the ratio; without either, App. A.3's ε/4."""
+    from shieldkit.errors import InputError
+    from shieldkit.training.robust import RobustTrainConfig
+
+    assert RobustTrainConfig(eps=0.2, attack_steps=3, attack_alpha_ratio=0.5).attack().step_size() == 0.1
+    assert RobustTrainConfig(eps=0.1, attack_alpha_ratio=0.5, attack_alpha=0.01).attack().step_size() == 0.01
+    assert RobustTrainConfig(eps=0.2).attack().step_size() == 0.05
+    with pytest.raises((InputError, ValueError), match="attack_alpha_ratio"):
+        RobustTrainConfig(attack_alpha_ratio=-1.0)

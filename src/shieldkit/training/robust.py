@@ -52,6 +52,7 @@ class RobustTrainConfig:
     norm: str = "linf"
     attack_steps: int = 10
     attack_alpha: float | None = None  # default ε/4 (App. A.3)
+    attack_alpha_ratio: float | None = None  # α = ratio·ε when attack_alpha is None (follows --eps); None: ε/4
     attack_start: str = "normal"  # reference: x + 0.001·N(0,1)
     epochs: int = 10
     batch_size: int = 200
@@ -89,11 +90,16 @@ class RobustTrainConfig:
         self.eps_warmup = check_fraction(self.eps_warmup, "eps_warmup", closed=True)
         if self.attack_alpha is not None:
             self.attack_alpha = check_positive_float(self.attack_alpha, "attack_alpha")
+        if self.attack_alpha_ratio is not None:
+            self.attack_alpha_ratio = check_positive_float(self.attack_alpha_ratio, "attack_alpha_ratio")
         if self.grad_clip is not None:
             self.grad_clip = check_positive_float(self.grad_clip, "grad_clip")
 
     def attack(self) -> PGDConfig:
-        return PGDConfig(eps=self.eps, norm=self.norm, steps=self.attack_steps, alpha=self.attack_alpha,
+        alpha = self.attack_alpha
+        if alpha is None and self.attack_alpha_ratio is not None:
+            alpha = self.attack_alpha_ratio * self.eps
+        return PGDConfig(eps=self.eps, norm=self.norm, steps=self.attack_steps, alpha=alpha,
                          random_start=True, start=self.attack_start)
 
     def updates_per_epoch(self, n: int) -> int:
