@@ -381,16 +381,13 @@ AUDIT_PROBE = 64  # points of the evaluated subset used by the per-model probes 
 
 def robust_summary(row: dict) -> dict:
     """The number a row's headline states: per point, correct clean *and* under every attack run — on the
-    AutoAttack subset when AutoAttack ran (``aa_n`` points), otherwise PGD on all ``n`` points."""
+    AutoAttack subset when AutoAttack ran (``aa_n`` points), otherwise PGD on all ``n`` points. That per-point
+    worst case is :func:`evaluate_basic`'s ``per_point_robust``; this adds its summary and name."""
     from shieldkit.evaluation.stats import accuracy_summary
 
-    pp = row.get("per_point", {})
-    if "autoattack_robust" in pp:
-        pgd_ok = pp["pgd_robust"]
-        ok = [int(a and pgd_ok[i]) for a, i in zip(pp["autoattack_robust"], pp["autoattack_index"], strict=True)]
-        name = f"worst case of {row['pgd']['attack']} and {row['autoattack']['attack']} per point"
-    else:
-        ok, name = pp.get("pgd_robust", []), row["pgd"]["attack"]
+    ok = row["per_point_robust"]
+    name = (f"worst case of {row['pgd']['attack']} and {row['autoattack']['attack']} per point"
+            if "autoattack" in row else row["pgd"]["attack"])
     if not ok:
         return {"acc": 0.0, "k": 0, "n": 0, "ci": [0.0, 1.0], "attack": name}
     return {**accuracy_summary(sum(ok), len(ok)), "attack": name}

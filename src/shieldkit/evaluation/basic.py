@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -68,6 +68,21 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int, device: torch.d
         for i in range(0, len(x), batch_size):
             out.append(model(x[i:i + batch_size].to(device)).argmax(1).cpu())
     return torch.cat(out)
+
+
+def _pgd_correct(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: PGDConfig, generator: torch.Generator,
+                 batch_size: int, device: torch.device, after_batch: Callable[[int], None] | None = None
+                 ) -> torch.Tensor:
+    """Per point: still classified ``y`` after PGD-CE (best iterate kept), batch by batch with one generator
+    drawn in batch order; ``after_batch(points done)`` after each batch (progress lines)."""
+    ok = torch.zeros(len(y), dtype=torch.bool)
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
+        adv = pgd(model, xb, yb, cfg, loss_fn="ce", generator=generator, track_best=True)
+        ok[i:i + batch_size] = _predict(model, adv, batch_size, device) == yb.cpu()
+        if after_batch is not None:
+            after_batch(min(i + batch_size, len(x)))
+    return ok
 
 
 def stratified_positions(y: torch.Tensor, m: int, seed: int) -> torch.Tensor:
@@ -133,15 +148,12 @@ def evaluate_basic(model: nn.Module, data: ImageDataset, *, norm: str = "linf", 
                     restarts=pgd_restarts)
     g = make_generator(derive_seed(seed, "pgd-eval"), device=device)
     t0 = time.perf_counter()
-    pgd_ok = torch.zeros_like(clean_ok)
-    for i in range(0, len(x), batch_size):
-        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-        adv = pgd(counted, xb, yb, cfg, loss_fn="ce", generator=g, track_best=True)
-        pgd_ok[i:i + batch_size] = _predict(counted, adv, batch_size, device) == yb.cpu()
-        done = min(i + batch_size, len(x))
+
+    def progress_line(done: int) -> None:
         if done < len(x):
             log(f"PGD-{pgd_steps}: {done}/{len(x)} points ({len(x) - done} left), {time.perf_counter() - t0:.1f} s")
-    pgd_ok &= clean_ok
+
+    pgd_ok = _pgd_correct(counted, x, y, cfg, g, batch_size, device, progress_line) & clean_ok
     t_pgd = time.perf_counter() - t0
     c_pgd = counted.counts()
     log(f"PGD-{pgd_steps}: {len(y)} points, {pgd_ok.float().mean().item():.1%} robust, {t_pgd:.1f} s")
@@ -212,12 +224,7 @@ def _eps_curve(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clean_ok: tor
             continue
         cfg = PGDConfig(eps=e, norm=norm, steps=steps, alpha=2.5 * e / steps, random_start=True)
         g = make_generator(derive_seed(seed, "eps-curve", f), device=device)
-        ok = torch.zeros_like(ok0)
-        for i in range(0, len(xs), batch_size):
-            xb, yb = xs[i:i + batch_size].to(device), ys[i:i + batch_size].to(device)
-            adv = pgd(model, xb, yb, cfg, loss_fn="ce", generator=g, track_best=True)
-            ok[i:i + batch_size] = _predict(model, adv, batch_size, device) == yb.cpu()
-        ok &= ok0
+        ok = _pgd_correct(model, xs, ys, cfg, g, batch_size, device) & ok0
         points.append({"eps": e, **accuracy_summary(int(ok.sum()), len(ys))})
     log(f"ε-curve (PGD-{steps} at {len(points) - 1} ε): {len(ys)} points, {time.perf_counter() - t0:.1f} s")
     return {"eps": points, "eps_attack": f"PGD-{steps}", "eps_n": len(ys)}
