@@ -115,3 +115,14 @@ def test_run_metadata_and_tensorboard(tmp_path):
     tb.log_history({"loss": [1.0, 0.8], "epoch_seconds": []})
     tb.close()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_wrapped_validator_error_keeps_its_fix_line():
+    """A value the section's own validator refuses (InputError with a hint) is re-raised as a ConfigError
+    naming the section; the validator's fix line must survive the wrapping, since the CLI prints it."""
+    from shieldkit.pipeline import EvalConfig
+
+    with pytest.raises(ConfigError, match="invalid EvalConfig settings: evaluation.eps_curve") as info:
+        stage_config(EvalConfig, {"eps_curve": [0, 1]}, where="evaluation")
+    assert info.value.hint == "e.g. eps_curve: [0.5, 1.0, 1.5, 2.0]"
+    assert info.value.lines()[-1] == "fix: e.g. eps_curve: [0.5, 1.0, 1.5, 2.0]"

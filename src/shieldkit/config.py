@@ -191,7 +191,8 @@ def stage_config(cls: type, section: Mapping[str, Any] | None = None, overrides:
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: invalid {cls.__name__} settings: {exc}") from exc
+        # keep the validator's fix line (InputError.hint): wrapping it in a ConfigError must not lose it
+        raise ConfigError(f"{where}: invalid {cls.__name__} settings: {exc}", hint=getattr(exc, "hint", None)) from exc
 
 
 def shield_config(cfg: Mapping[str, Any], overrides: Mapping[str, Mapping[str, Any]] | None = None):
