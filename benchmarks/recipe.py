@@ -73,6 +73,9 @@ ROWS: dict[str, tuple[dict, dict]] = {
     "train_inner_student": ({}, {"objective_kwargs": {"inner_target": "student"}}),
     "train_eps_warmup": ({}, {"eps_warmup": 0.3}),
     "train_lr_0.05": ({}, {"lr": 0.05}),
+    # issue 17's meta-generator synthesis (synthesis.fast) under the base and the old training
+    "syn_fast": ({"method": "fast"}, {}),
+    "syn_fast_old_training": ({"method": "fast"}, OLD_TRAIN),
 }
 
 
@@ -87,6 +90,10 @@ DEMO_ROWS: dict[str, dict[str, dict]] = {
     "demo_pgd7": {"training": {"attack_steps": 7, "attack_alpha_ratio": 0.25}},
     "demo_pgd3": {"training": {"attack_steps": 3, "attack_alpha_ratio": 0.5}},
     "demo_fgsm_rs": {"training": {"attack_steps": 1, "attack_alpha_ratio": 1.25, "attack_start": "uniform"}},
+    "demo_fast": {"synthesis": {"method": "fast"}},  # issue 17's meta-generator synthesis (synthesis.fast)
+    "demo_fast_w300": {"synthesis": {"method": "fast", "fast": {"warmup_batches": 300}}},
+    "demo_fast_e10": {"synthesis": {"method": "fast"}, "training": {"epochs": 10}},  # the demo's time (issue 17)
+    "demo_fast_pgd7": {"synthesis": {"method": "fast"}, "training": {"attack_steps": 7, "attack_alpha_ratio": 0.25}},
 }
 
 

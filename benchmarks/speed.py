@@ -13,8 +13,25 @@ so sections can be run separately, by different people, in any order). Sections 
   ``autoattack.per_point_identical`` (robust flags equal on every run), ``autoattack.x_adv_identical``,
   raw seconds, ``n``, ``eps``, ``model``.
 
-Model (``--aa-model`` to override): a PGD-AT ``mnist_cnn`` — a teacher trained 2 epochs, then PGD-AT
-fine-tuning (``train_robust(objective="pgd_at")``, PGD-5, ℓ∞ ε = 0.1, 2 epochs) on the 4,000 real
+* ``synthesis`` — samples/s of the plain DeepInversion loop, DSS and the fast (meta-generator) path on the
+  demo's teacher at the demo's synthesis budget (1,600 samples), each set then training the demo's student
+  (same training config and seed) and evaluated like the demo (clean / PGD-20 on 1,000 real test points,
+  AutoAttack-standard on 200). Rows are cached in ``runs/speed/synthesis/rows.json`` so that two processes can
+  each run some (``--syn-rows``); the section is rewritten from all rows each time. Keys: ``rows.<name>``,
+  ``fast*_vs_plain`` (samples/s ratio, the generator warm-up included), ``aa_gap_fast*_vs_dss`` (AutoAttack
+  points), ``dss_vs_plain``. Each row records the load average before/after its synthesis.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --section synthesis --syn-rows fast_w100,plain &
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --section synthesis --syn-rows dss,fast_w300  # ~1 h
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/speed.py --section synthesis --syn-rows fast
+
+* ``demo`` — ``shieldkit demo`` timed as a subprocess in an empty folder (the teacher is trained): keys
+  ``demo.seconds_after_install``, ``demo.stage_seconds``, ``demo.autoattack_acc`` (n = ``demo.aa_n``).
+
+    .venv/bin/python benchmarks/speed.py --section demo      # on an idle machine: the README's demo figure
+
+Model of the autoattack section (``--aa-model`` to override): a PGD-AT ``mnist_cnn`` — a teacher trained 2
+epochs, then PGD-AT fine-tuning (``train_robust(objective="pgd_at")``, PGD-5, ℓ∞ ε = 0.1, 2 epochs) on the 4,000 real
 training images — cached in ``runs/speed/``. Robust at ε = 0.1 on most test points, which is where
 AutoAttack spends its time (a robust point gets all 1,900 gradient steps and 5,000 Square queries).
 
@@ -178,7 +195,120 @@ def section_autoattack(args: argparse.Namespace) -> dict:
     return result
 
 
-SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"autoattack": section_autoattack}
+# --------------------------------------------------------------------------------------------- synthesis
+#: Synthesis rows (item 4): the demo's synthesis budget and seed with one change each. "plain" is the plain
+#: DeepInversion loop (fixed coefficients), "dss" DataFreeShield's DSS, "fast*" the meta-generator path (the
+#: demo's method since this benchmark; the other rows name their method explicitly).
+SYN_ROWS: dict[str, dict] = {
+    "plain": {"method": "dss", "coefficients": "fixed"},
+    "dss": {"method": "dss"},
+    "fast": {"method": "fast"},  # synthesis.fast's defaults: 20 warm-up batches
+    "fast_w100": {"method": "fast", "fast": {"warmup_batches": 100}},
+    "fast_w300": {"method": "fast", "fast": {"warmup_batches": 300}},
+}
+
+SYN_TRAIN_EPOCHS = 25  # the demo's epochs when the rows were measured (10 since), pinned so a rerun is comparable
+
+
+def _load_avg() -> list[float]:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+def synthesis_row(name: str, args: argparse.Namespace) -> dict:
+    """Synthesise row ``name`` afresh (timed), train the demo's student on it, evaluate like the demo."""
+    import dataclasses
+
+    from shieldkit.evaluation.basic import evaluate_basic
+    from shieldkit.pipeline import demo_config, ensure_teacher
+    from shieldkit.synthesis import SynthesisConfig, load_synthetic, synthesize
+    from shieldkit.training.robust import init_student, train_robust
+
+    cfg = demo_config()
+    over = dict(SYN_ROWS[name])
+    scfg = SynthesisConfig(**{**cfg.synthesis.to_dict(), **over})
+    teacher = ensure_teacher(ROOT / "runs/teachers/mnist5k-mnist_cnn", device=args.device, progress=False)
+    folder = WORK / "synthesis" / name
+    before = _load_avg()
+    t0 = time.perf_counter()
+    synthesize(teacher, folder, scfg, device=args.device, progress=False, overwrite=True)
+    syn_s = time.perf_counter() - t0
+    syn_load = [before, _load_avg()]
+    syn = load_synthetic(folder)
+    agree = float((syn.t_logits.argmax(1) == syn.y).float().mean())
+    student = init_student(teacher)
+    tcfg = dataclasses.replace(cfg.training, epochs=SYN_TRAIN_EPOCHS)
+    t1 = time.perf_counter()
+    train_robust(student, syn.x, tcfg, y=syn.y, t_logits=syn.t_logits, device=args.device, progress=False)
+    train_s = time.perf_counter() - t1
+    ev = evaluate_basic(student, load_dataset("mnist5k", "test"), eps=tcfg.eps, n=cfg.evaluation.n,
+                        aa_n=cfg.evaluation.aa_n, autoattack=True, device=args.device, seed=args.seed)
+    return {"name": name, "synthesis": scfg.to_dict(), "n_samples": len(syn), "seconds": round(syn_s, 2),
+            "samples_per_s": len(syn) / syn_s, "load_avg": syn_load,
+            "warmup_seconds": syn.manifest.get("fast", {}).get("warmup_seconds"),
+            "teacher_label_agreement": agree, "training": tcfg.to_dict(), "train_seconds": round(train_s, 2),
+            "clean_acc": ev["clean_acc"], "pgd_acc": ev["pgd_acc"], "autoattack_acc": ev["autoattack_acc"],
+            "n": ev["n"], "aa_n": ev["aa_n"], "clean": ev["clean"], "pgd": ev["pgd"], "autoattack": ev["autoattack"]}
+
+
+def section_synthesis(args: argparse.Namespace) -> dict:
+    """Rows ``--syn-rows`` (cached per row in ``runs/speed/synthesis/rows.json``, so several processes can
+    each run some rows); the ratios are computed from whatever rows exist."""
+    rows_file = WORK / "synthesis" / "rows.json"
+    for name in filter(None, args.syn_rows.split(",")):  # --syn-rows "" rewrites the section from the cache
+        row = synthesis_row(name, args)
+        merge_write(rows_file, name, row)
+    rows = {k: v for k, v in read_json(rows_file).items() if k in SYN_ROWS}
+    out: dict = {"what": "demo synthesis budget (1,600 samples; DSS/plain 150 iterations at batch 200; fast: "
+                         "meta-generator, 5 steps per batch of 50 after its warm-up), mnist5k mnist_cnn teacher; each "
+                         "set trains the demo's student (PGD-3 step eps/2, 25 epochs) and is evaluated like the demo "
+                         "(clean/PGD-20 on 1,000 real test points, AutoAttack-standard on 200)",
+                 "command": "OMP_NUM_THREADS=1 python benchmarks/speed.py --section synthesis --syn-rows NAMES "
+                            "(rows " + ", ".join(rows) + "; two processes at a time, one thread each)",
+                 "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "rows": rows}
+    if "plain" in rows:
+        for k in (k for k in rows if k.startswith("fast")):
+            out[f"{k}_vs_plain"] = round(rows[k]["samples_per_s"] / rows["plain"]["samples_per_s"], 2)
+        out["dss_vs_plain"] = round(rows.get("dss", {}).get("samples_per_s", float("nan"))
+                                    / rows["plain"]["samples_per_s"], 2)
+    if "dss" in rows:
+        for k in (k for k in rows if k.startswith("fast")):
+            out[f"aa_gap_{k}_vs_dss"] = round(100 * (rows[k]["autoattack_acc"] - rows["dss"]["autoattack_acc"]), 1)
+    return out
+
+
+
+# -------------------------------------------------------------------------------------------------- demo
+def section_demo(args: argparse.Namespace) -> dict:
+    """``shieldkit demo`` as ``make demo`` runs it after the install: a subprocess in an empty working folder
+    (so the teacher is trained, not reused), default threads; stage times and figures from its results.json."""
+    import json
+    import shutil
+    import subprocess
+
+    work = WORK / "demo"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    exe = Path(sys.executable).with_name("shieldkit")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # as make demo: torch's default
+    before = _load_avg()
+    t0 = time.perf_counter()
+    subprocess.run([str(exe), "demo", "--out", str(work / "runs/demo")], cwd=work, env=env, check=True)
+    wall = time.perf_counter() - t0
+    res = json.loads((work / "runs/demo/results.json").read_text())
+    sh = res["shielded"]
+    return {"what": "`shieldkit demo` (what `make demo` runs after the install) in an empty folder: teacher trained, "
+                    "synthesis, training, evaluation of teacher and shielded model, report",
+            "command": "python benchmarks/speed.py --section demo", "cpu_count": os.cpu_count(),
+            "load_avg": [before, _load_avg()], "seconds_after_install": round(wall, 1),
+            "stage_seconds": {k: round(v, 1) for k, v in res["seconds"].items()},
+            "synthesis": res["synthesis"]["config"], "clean_acc": sh["clean_acc"], "pgd_acc": sh["pgd_acc"],
+            "autoattack_acc": sh["autoattack_acc"], "n": sh["n"], "aa_n": sh["aa_n"],
+            "teacher": {k: res["teacher"].get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc")}}
+
+
+SECTIONS: dict[str, Callable[[argparse.Namespace], dict]] = {"autoattack": section_autoattack,
+                                                               "synthesis": section_synthesis,
+                                                               "demo": section_demo}
 
 
 def main() -> None:
@@ -194,6 +324,7 @@ def main() -> None:
     ap.add_argument("--aa-verify", default="0.2:200",
                     help="extra fast-vs-pyautoattack identity runs, 'eps:n' comma-separated ('' for none)")
     ap.add_argument("--aa-skip-torchattacks", action="store_true")
+    ap.add_argument("--syn-rows", default=",".join(SYN_ROWS), help=f"synthesis rows, from {sorted(SYN_ROWS)}")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for name in dict.fromkeys(args.section):

@@ -4,7 +4,7 @@ from torch import nn
 
 from shieldkit.models import create_model
 from shieldkit.synthesis import BNStatistics, SynthesisConfig, load_synthetic, synthesize, tv_prior
-from shieldkit.synthesis.dss import draw_alphas
+from shieldkit.synthesis.config import draw_alphas
 from shieldkit.synthesis.store import shard_path
 from shieldkit.utils.seed import make_generator
 

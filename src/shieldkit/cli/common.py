@@ -141,7 +141,8 @@ def apply_quick(cfg: Any) -> list[str]:
     smaller is untouched) — and GradRefine's ℬ to the minibatches the capped set holds (ℬ × batch size
     beyond the set would train on empty batches). The method and the threat model (objective, ε, norm, lr,
     attack, labels, coefficients, seeds) stay the config's, which is what makes the combination well
-    defined. Returns the changes, e.g. ``["synthesis.n_samples 60000 → 400", …]``.
+    defined. The fast synthesis path's generator warm-up is capped too (``synthesis.fast.warmup_batches``).
+    Returns the changes, e.g. ``["synthesis.n_samples 60000 → 400", …]``.
     """
     from shieldkit.pipeline import demo_config
 
@@ -149,7 +150,9 @@ def apply_quick(cfg: Any) -> list[str]:
     changes: list[str] = []
 
     def cap(section: str, key: str, limit: int) -> None:
-        obj = getattr(cfg, section)
+        obj = cfg
+        for part in section.split("."):
+            obj = getattr(obj, part)
         old = getattr(obj, key)
         if old > limit:
             setattr(obj, key, limit)
@@ -157,6 +160,8 @@ def apply_quick(cfg: Any) -> list[str]:
 
     cap("synthesis", "n_samples", quick.synthesis.n_samples)
     cap("synthesis", "iterations", quick.synthesis.iterations)
+    if cfg.synthesis.method == "fast":  # the generator's warm-up is the fast path's fixed cost
+        cap("synthesis.fast", "warmup_batches", quick.synthesis.fast.warmup_batches)
     cap("training", "epochs", quick.training.epochs)
     cap("training", "grad_refine_batches", max(1, cfg.synthesis.n_samples // cfg.training.batch_size))
     cap("evaluation", "n", quick.evaluation.n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,8 @@ from shieldkit.config import config_option
 
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")]
 Config = Annotated[Path | None, config_option()]
+SYNTHESIS_HELP = ("dss: optimise every batch's images (DataFreeShield §4.2) | fast: a meta-learned generator, a few "
+                  "steps per batch (FastDFKD-style, benchmarks/results/speed.json)")
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="delete this shieldkit output's previous contents and "
                                                             "start afresh (instead of resuming / refusing)")]
 
@@ -62,6 +65,7 @@ def synthesize_cmd(
     batch_size: int = 200,
     coefficients: Annotated[str, typer.Option(help="dss | fixed")] = "dss",
     labels: Annotated[str, typer.Option(help="balanced | cycle | random")] = "balanced",
+    synthesis: Annotated[str, typer.Option("--synthesis", help=SYNTHESIS_HELP)] = "dss",
     seed: int = 0,
     device: Device = "auto",
     overwrite: Overwrite = False,
@@ -76,10 +80,12 @@ def synthesize_cmd(
     from shieldkit.distributed.synthesis import synthesize_distributed
     from shieldkit.models import load_model
     from shieldkit.synthesis import SynthesisConfig, load_synthetic
+    from shieldkit.synthesis.config import METHODS
     from shieldkit.utils import validate as v
 
     v.check_model_path(teacher_path, "--teacher")
     v.check_out_dir(out)
+    v.check_choice(synthesis, METHODS, "--synthesis")
     for value, flag in ((n_samples, "--n-samples"), (iterations, "--iterations"), (batch_size, "--batch-size")):
         v.check_positive_int(value, flag)
     v.resolve_device(device)
@@ -87,7 +93,7 @@ def synthesize_cmd(
     try:
         model = load_model(teacher_path, device=str(info.device))
         cfg = SynthesisConfig(n_samples=n_samples, batch_size=batch_size, iterations=iterations,
-                              coefficients=coefficients, labels=labels, seed=seed)
+                              coefficients=coefficients, labels=labels, method=synthesis, seed=seed)
         if overwrite:  # rank 0 clears the folder (only a shieldkit one) before any rank resumes into it
             if info.rank == 0:
                 from shieldkit.utils.fingerprint import clear_run
@@ -172,6 +178,8 @@ def shield_cmd(
     eps: Annotated[str | None, typer.Option(help="ε, e.g. 0.1 or 8/255 (default: the --config file's, else the "
                                             "threat model of the teacher card's dataset / --data — ℓ∞ 0.1 for "
                                             "mnist5k/digits, 8/255 for CIFAR/SVHN/MedMNIST)")] = None,
+    synthesis: Annotated[str | None, typer.Option("--synthesis", help=SYNTHESIS_HELP + " (default: the "
+                                                                    "--config file's, else the demo's)")] = None,
     device: Device = "auto",
     overwrite: Overwrite = False,
 ) -> None:
@@ -182,10 +190,13 @@ def shield_cmd(
     from shieldkit.models import load_model
     from shieldkit.pipeline import demo_config, print_outputs, resolve_eval_data, shield, shield_outputs
     from shieldkit.reporting.demo_report import print_summary
+    from shieldkit.synthesis.config import METHODS
     from shieldkit.utils import validate as v
 
     v.check_model_path(teacher_path, "--teacher")
     v.check_out_dir(out)
+    if synthesis is not None:
+        v.check_choice(synthesis, METHODS, "--synthesis")
     dv.check_dataset(data, data_root)
     if eps is not None:
         v.check_eps(eps, "l2")  # > 0 and finite; the bound for the config's norm is checked below
@@ -200,6 +211,8 @@ def shield_cmd(
         console.print(f"--quick on --config {config}: " + (", ".join(changes) or "nothing to cap (the config is "
                                                                                 "no larger than the quick run)"),
                       highlight=False, soft_wrap=True)
+    if synthesis is not None:
+        cfg.synthesis = dataclasses.replace(cfg.synthesis, method=synthesis)  # re-validated
     file_eps = (file_cfg.get("training") or {}).get("eps")
     cfg.training.eps = resolve_threat_model(eps if eps is not None else file_eps, cfg.training.norm, model=t,
                                             data=data, config=str(config) if eps is None and file_eps is not None

@@ -385,10 +385,13 @@ def _audit_html(rows_of: dict, synthetic: bool) -> str:
 
 def _synthesis_html(syn: dict, grid_png: str | Path | None) -> str:
     cfg = syn.get("config", {})
+    fast = cfg.get("fast") if cfg.get("method") == "fast" else None
+    how = (f"a meta-learned generator, {fast.get('steps')} steps per batch of {fast.get('batch_size')} after "
+           f"{fast.get('warmup_batches')} warm-up batches" if fast else f"{cfg.get('iterations')} Adam iterations "
+           "per batch")
     return (f"<h2>Synthetic training data</h2><p>{syn['n_samples']} samples synthesised from the teacher alone "
-            f"(DSS coefficients = {html.escape(str(cfg.get('coefficients')))}, {cfg.get('iterations')} Adam "
-            f"iterations per batch, {syn.get('samples_per_s', 0):.2f} samples/s); no real image was used for "
-            "training.</p>"
+            f"(DSS coefficients = {html.escape(str(cfg.get('coefficients')))}, {html.escape(how)}, "
+            f"{syn.get('samples_per_s', 0):.2f} samples/s); no real image was used for training.</p>"
             + _img(Path(grid_png) if grid_png else None, "Synthetic samples, one row per assigned class"))
 
 

@@ -65,16 +65,19 @@ class SyntheticSet:
     alphas: torch.Tensor  # one row per sample (its batch's α's)
     manifest: dict
     shard_info: list[dict] = field(default_factory=list)
+    shard_sizes: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
     def throughput(self) -> dict[str, float]:
-        """Aggregate synthesis speed over the shards on disk."""
-        secs = sum(s["seconds"] for s in self.shard_info)
-        it = self.manifest["config"]["iterations"]
+        """Aggregate synthesis speed over the shards on disk, the fast path's generator warm-up included: the
+        time a user waits for this set."""
+        secs = sum(s["seconds"] for s in self.shard_info) + self.manifest.get("fast", {}).get("warmup_seconds", 0.0)
+        it = self.manifest["config"]["iterations"]  # sets written before issue 17 lack steps_per_sample
+        steps = sum(s.get("steps_per_sample", it) * n for s, n in zip(self.shard_info, self.shard_sizes, strict=True))
         return {"seconds": secs, "samples_per_s": len(self) / max(secs, 1e-9),
-                "sample_iters_per_s": len(self) * it / max(secs, 1e-9)}
+                "sample_iters_per_s": steps / max(secs, 1e-9)}
 
 
 def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> SyntheticSet:
@@ -82,7 +85,7 @@ def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> Syntheti
     if not (out / MANIFEST).exists():
         raise FileNotFoundError(f"{out}: no synthetic set here (missing {MANIFEST}); run `shieldkit synthesize`")
     manifest = read_json(out / MANIFEST)
-    xs, ys, ts, als, infos = [], [], [], [], []
+    xs, ys, ts, als, infos, sizes = [], [], [], [], [], []
     missing = []
     for i in range(manifest["num_shards"]):
         p = shard_path(out, i)
@@ -94,6 +97,7 @@ def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> Syntheti
         with safe_open(str(p), framework="pt") as fh:
             infos.append(json.loads(fh.metadata().get("info", "{}")))
         n = t["images"].shape[0]
+        sizes.append(int(n))
         xs.append(t["images"])
         ys.append(t["labels"])
         ts.append(t["t_logits"])
@@ -104,4 +108,4 @@ def load_synthetic(out_dir: str | Path, allow_partial: bool = False) -> Syntheti
                                 f"`shieldkit synthesize` with the same arguments to resume")
     if not xs:
         raise FileNotFoundError(f"{out}: no shards written yet")
-    return SyntheticSet(torch.cat(xs), torch.cat(ys), torch.cat(ts), torch.cat(als), manifest, infos)
+    return SyntheticSet(torch.cat(xs), torch.cat(ys), torch.cat(ts), torch.cat(als), manifest, infos, sizes)
