@@ -469,12 +469,14 @@ def demo_config(quick: bool = False) -> ShieldConfig:
     training and evaluation for every set; clean / PGD-20 on 1,000 real points / AutoAttack on 200): the plain
     DeepInversion loop 562 s → 74.8 / 31.5 / 26.0 %; DSS (1,600 × 150 iterations) 632 s → 81.8 / 41.4 / 34.5 %;
     the meta-learned generator (``method="fast"``, 5 steps per batch of 50) after 20 warm-up batches 37 s →
-    95.5 / 76.2 / 75.5 %, after 100 87 s → 96.4 / 71.6 / 64.5 %. The demo (and so ``shield`` without ``--config``) synthesises with the generator; DSS stays
-    ``SynthesisConfig``'s default and the paper presets' method (``--synthesis dss`` selects it here).
+    95.5 / 76.2 / 75.5 %, after 100 87 s → 96.4 / 71.6 / 64.5 %. The demo (and so ``shield`` without ``--config``)
+    synthesises with the generator; DSS stays ``SynthesisConfig``'s default and the paper presets' method
+    (``--synthesis dss`` selects it here).
 
     Epochs (issue 17 item 5; ``benchmarks/recipe.py --rows demo_fast_e10 --eps 0.1``, 100 warm-up batches): on the
     generator's set 10 epochs (80 updates) give 96.4 / 64.4 / 55.0 % in 268 s of training, against 96.4 / 71.6 /
-    64.5 % for 25 epochs in 595 s (``speed.json`` ``synthesis.rows.fast_w100``; one thread, a shared machine). The demo trains 10: the time target of issue 17 with AutoAttack above 45 %.
+    64.5 % for 25 epochs in 595 s (``speed.json`` ``synthesis.rows.fast_w100``; one thread, a shared machine).
+    The demo trains 10: towards issue 17's time target with AutoAttack above 45 %.
     """
     if quick:
         return ShieldConfig(
