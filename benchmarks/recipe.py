@@ -76,6 +76,7 @@ ROWS: dict[str, tuple[dict, dict]] = {
     # issue 17's meta-generator synthesis (synthesis.fast) under the base and the old training
     "syn_fast": ({"method": "fast"}, {}),
     "syn_fast_old_training": ({"method": "fast"}, OLD_TRAIN),
+    "syn_fast_n2400": ({"method": "fast", "n_samples": 2400}, {}),  # twice the samples and updates (not equal budget)
 }
 
 
@@ -93,6 +94,7 @@ DEMO_ROWS: dict[str, dict[str, dict]] = {
     "demo_fast": {"synthesis": {"method": "fast"}},  # issue 17's meta-generator synthesis (synthesis.fast)
     "demo_fast_w300": {"synthesis": {"method": "fast", "fast": {"warmup_batches": 300}}},
     "demo_fast_e10": {"synthesis": {"method": "fast"}, "training": {"epochs": 10}},  # the demo's time (issue 17)
+    "demo_dss": {"synthesis": {"method": "dss"}},  # the demo as shipped, but DSS synthesis (issue 17 comparison)
     "demo_fast_pgd7": {"synthesis": {"method": "fast"}, "training": {"attack_steps": 7, "attack_alpha_ratio": 0.25}},
 }
 
@@ -163,7 +165,8 @@ def run_demo_row(name: str, eps: float, teacher, test, args: argparse.Namespace)
     cfg = dataclasses.replace(cfg, synthesis=dataclasses.replace(cfg.synthesis, **syn_over),
                               training=dataclasses.replace(cfg.training, eps=eps, **train_over))
     t0 = time.perf_counter()
-    res = shield(teacher, Path(args.work) / f"demo-eps{eps:g}-{name}", cfg, test_data=test, device=args.device,
+    arch = "" if teacher.card.arch == "mnist_cnn" else f"@{teacher.card.arch}"  # one run folder per teacher
+    res = shield(teacher, Path(args.work) / f"demo-eps{eps:g}-{name}{arch}", cfg, test_data=test, device=args.device,
                  progress=False, evaluate_teacher=False)
     sh = res["shielded"]
     return {"name": name, "eps": eps, "command": f"shieldkit shield --eps {eps:g} at the demo budget"
