@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from shieldkit.errors import InputError
+from shieldkit.utils.seed import derive_seed, make_generator
 from shieldkit.utils.validate import (
     check_choice,
     check_fraction,
@@ -144,6 +145,16 @@ def assign_labels(cfg: SynthesisConfig, shard: int, size: int, num_classes: int,
         return torch.randint(0, num_classes, (size,), generator=g)
     base = torch.arange(size) % num_classes
     return base[torch.randperm(size, generator=g)]
+
+
+def batch_draws(cfg: SynthesisConfig, stream: str, i: int, size: int,
+                num_classes: int) -> tuple[torch.Generator, torch.Tensor, torch.Tensor]:
+    """Batch ``i`` of ``stream`` ("shard", or the fast path's "fast-warmup"): its generator — seeded from
+    ``derive_seed(seed, stream, i)`` alone, so any process or a resumed run makes the same batch — and the α's and
+    labels drawn from it first."""
+    g = make_generator(derive_seed(cfg.seed, stream, i))
+    alphas = draw_alphas(cfg, g)
+    return g, alphas, assign_labels(cfg, i, size, num_classes, g)
 
 
 def roll_jitter(x: torch.Tensor, jitter: int, g: torch.Generator) -> torch.Tensor:

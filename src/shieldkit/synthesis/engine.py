@@ -24,7 +24,7 @@ from torch import nn
 from shieldkit.errors import IntegrityError
 from shieldkit.models.checks import check_finite_weights
 from shieldkit.synthesis.base import SynthesisContext, SynthesisMethod
-from shieldkit.synthesis.config import SynthesisConfig, assign_labels, draw_alphas
+from shieldkit.synthesis.config import SynthesisConfig, batch_draws
 from shieldkit.synthesis.dss import DSSMethod
 from shieldkit.synthesis.fast import FastMethod
 from shieldkit.synthesis.losses import BNStatistics
@@ -32,7 +32,6 @@ from shieldkit.synthesis.store import MANIFEST, shard_path, verify_shard, write_
 from shieldkit.utils.fingerprint import RunManifest, fingerprint_model
 from shieldkit.utils.io import load_tensors, read_json
 from shieldkit.utils.progress import progress_bar
-from shieldkit.utils.seed import derive_seed, make_generator
 
 METHODS: dict[str, Callable[[SynthesisContext], SynthesisMethod]] = {"dss": DSSMethod, "fast": FastMethod}
 
@@ -132,10 +131,8 @@ def _synthesize_shards(ctx: SynthesisContext, manifest: dict, rank: int, world_s
         with progress_bar("synthesize", total=total, enabled=progress, unit="samples",
                           completed=done_before) as bar:
             for i in todo:
-                g = make_generator(derive_seed(cfg.seed, "shard", i))
                 size = cfg.shard_size(i)
-                alphas = draw_alphas(cfg, g)
-                labels = assign_labels(cfg, i, size, ctx.num_classes, g)
+                g, alphas, labels = batch_draws(cfg, "shard", i, size, ctx.num_classes)
                 t0 = time.perf_counter()
                 images, stats = method.make(i, labels, alphas, g)
                 with torch.no_grad():

@@ -49,13 +49,13 @@ from torch import nn
 
 from shieldkit.errors import InputError
 from shieldkit.synthesis.base import SynthesisContext
-from shieldkit.synthesis.config import assign_labels, draw_alphas, roll_jitter
+from shieldkit.synthesis.config import batch_draws, roll_jitter
 from shieldkit.synthesis.generators import ConvGenerator
 from shieldkit.synthesis.losses import BNStatistics, class_loss, tv_prior
 from shieldkit.synthesis.store import MANIFEST
 from shieldkit.utils.io import atomic_torch_save, safe_torch_load
 from shieldkit.utils.progress import progress_bar
-from shieldkit.utils.seed import derive_seed, make_generator
+from shieldkit.utils.seed import derive_seed
 
 STATE_FILE = "fast_state.pt"
 BETAS = (0.5, 0.999)  # FastDFKD's Adam betas, inner and meta
@@ -129,9 +129,7 @@ class FastMethod:
         with progress_bar("generator warm-up", total=warmup, enabled=progress, unit="batches",
                           completed=self.done) as bar:
             for j in range(self.done, warmup):
-                g = make_generator(derive_seed(cfg.seed, "fast-warmup", j))
-                alphas = draw_alphas(cfg, g)
-                labels = assign_labels(cfg, j, cfg.fast.batch_size, self.ctx.num_classes, g)
+                g, alphas, labels = batch_draws(cfg, "fast-warmup", j, cfg.fast.batch_size, self.ctx.num_classes)
                 t0 = time.perf_counter()
                 _, stats = self._batch(labels, alphas, g)
                 self.warmup_seconds += time.perf_counter() - t0
@@ -162,7 +160,6 @@ class FastMethod:
                                betas=BETAS)
         meta, inner = list(self.generator.parameters()), list(fast.parameters())
         self.meta_opt.zero_grad(set_to_none=True)
-        stats: dict[str, float] = {}
         with self.bn:
             for _ in range(f.steps):
                 self.bn.reset()
@@ -178,7 +175,7 @@ class FastMethod:
                 for p, q in zip(meta, inner, strict=True):  # first-order MAML: Σ_k of the inner gradients
                     p.grad = q.grad.clone() if p.grad is None else p.grad.add_(q.grad)
                 opt.step()
-                stats = {"class": l_cls.item(), "feature": l_feat.item(), "prior": l_prior.item()}
+        stats = {"class": l_cls.item(), "feature": l_feat.item(), "prior": l_prior.item()}  # the last step's terms
         self.meta_opt.step()
         self.bn.update_history()
         with torch.no_grad():
