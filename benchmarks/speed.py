@@ -11,7 +11,9 @@ so sections can be run separately, by different people, in any order). Sections 
   (fast vs pyautoattack only) check per-point identity at other ε / n. Keys:
   ``autoattack.time_vs_pyautoattack`` (wall-time ratio fast / pyautoattack on the main run),
   ``autoattack.per_point_identical`` (robust flags equal on every run), ``autoattack.x_adv_identical``,
-  raw seconds, ``n``, ``eps``, ``model``.
+  raw seconds, ``n``, ``eps``, ``model``. Every run is a fresh process (``AA_RUNS``): ``fast``, ``pyautoattack``
+  (as shipped, default process), ``pyautoattack_tuned`` (only the allocator setting of
+  ``shieldkit.utils.allocator``: how much of the gain is that alone), ``torchattacks``.
 
 * ``synthesis`` — samples/s of the plain DeepInversion loop, DSS and the fast (meta-generator) path on the
   demo's teacher at the demo's synthesis budget (1,600 samples), each set then training the demo's student
@@ -106,36 +108,81 @@ def pgdat_model(device: str) -> tuple[torch.nn.Module, str]:
     return student, desc
 
 
-def _compare(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, seed: int, device: str,
-             torchattacks: bool, log: Callable[[str], None]) -> dict:
-    from shieldkit.attacks.library import run_autoattack_detailed, run_torchattack
+#: Each AutoAttack run is its own fresh process (``--aa-worker``), so that what one backend does to the process
+#: (the fast backend keeps freed memory mapped: ``shieldkit.utils.allocator``) cannot speed up or slow down
+#: another; "pyautoattack" is the package as shipped in a default process, "pyautoattack_tuned" the same with
+#: only the allocator setting (how much of the gain is the allocator alone).
+AA_RUNS = ("fast", "pyautoattack", "pyautoattack_tuned", "torchattacks")
 
-    row: dict = {"eps": eps, "n": len(y)}
-    runs = {}
-    for backend in ("fast", "pyautoattack"):
-        res, t = timed(lambda b=backend: run_autoattack_detailed(model, x, y, norm="linf", eps=eps, seed=seed,
-                                                                 device=device, backend=b))
-        runs[backend] = res
-        row[backend] = {**t, "robust": int(res.robust.sum()), "robust_acc": float(res.robust.float().mean()),
-                        "per_attack_robust": res.per_attack,
-                        "per_attack_wall_s": {k: round(v, 2) for k, v in res.attack_time.items()},
-                        "how": res.backend}
-        log(f"eps={eps} n={len(y)} {backend}: {t['wall_s']} s wall, {t['cpu_s']} s CPU, "
-            f"{row[backend]['robust']} robust")
-    fast, ref = runs["fast"], runs["pyautoattack"]
-    row["robust_identical"] = bool(torch.equal(fast.robust, ref.robust))
-    row["points_disagreeing"] = int((fast.robust != ref.robust).sum())
-    row["x_adv_identical"] = bool(torch.equal(fast.x_adv, ref.x_adv))
+
+def _aa_worker(args: argparse.Namespace) -> None:
+    """One AutoAttack run in this (fresh) process; robust flags, x_adv and timings saved to ``--aa-worker-out``."""
+    from shieldkit.attacks.library import run_autoattack_detailed, run_torchattack
+    from shieldkit.models import load_model
+    from shieldkit.utils.allocator import tune_allocator
+
+    kind = args.aa_worker
+    model = load_model(args.aa_model or WORK / "pgdat_mnist_cnn.safetensors", device=args.device).eval()
+    sub = load_dataset("mnist5k", "test").subset(args.aa_n, seed=args.seed)
+    if kind == "pyautoattack_tuned":
+        tune_allocator()
+    if kind == "torchattacks":
+        (robust, _), t = timed(lambda: run_torchattack("AutoAttack", model, sub.x, sub.y, seed=args.seed,
+                                                       device=args.device, norm="Linf", eps=args.aa_eps,
+                                                       version="standard", n_classes=10))
+        out = {**t, "robust_flags": robust, "robust": int(robust.sum()), "robust_acc": float(robust.float().mean())}
+    else:
+        backend = "fast" if kind == "fast" else "pyautoattack"
+        res, t = timed(lambda: run_autoattack_detailed(model, sub.x, sub.y, norm="linf", eps=args.aa_eps,
+                                                       seed=args.seed, device=args.device, backend=backend))
+        out = {**t, "robust_flags": res.robust, "x_adv": res.x_adv, "robust": int(res.robust.sum()),
+               "robust_acc": float(res.robust.float().mean()), "per_attack_robust": res.per_attack,
+               "per_attack_wall_s": {k: round(v, 2) for k, v in res.attack_time.items()},
+               "how": {**res.backend, "allocator_tuned": bool(tune_allocator()["applied"])
+                       if kind != "pyautoattack" else False}}
+    out["threads"] = torch.get_num_threads()
+    torch.save(out, args.aa_worker_out)
+
+
+def _run_worker(kind: str, eps: float, n: int, args: argparse.Namespace) -> dict:
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp) / "run.pt"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--section", "autoattack", "--aa-worker", kind,
+               "--aa-worker-out", str(dst), "--aa-eps", str(eps), "--aa-n", str(n), "--seed", str(args.seed),
+               "--device", args.device]
+        if args.aa_model:
+            cmd += ["--aa-model", str(args.aa_model)]
+        env = dict(os.environ)
+        if kind == "pyautoattack":  # as shipped: a default process, whatever the caller set
+            env.pop("SHIELDKIT_MALLOC", None)
+        subprocess.run(cmd, check=True, env=env)
+        return torch.load(dst, weights_only=False)
+
+
+def _compare(eps: float, n: int, args: argparse.Namespace, kinds: tuple[str, ...],
+             log: Callable[[str], None]) -> dict:
+    row: dict = {"eps": eps, "n": n}
+    raw = {}
+    for kind in kinds:
+        raw[kind] = _run_worker(kind, eps, n, args)
+        row[kind] = {k: v for k, v in raw[kind].items() if k not in ("robust_flags", "x_adv")}
+        log(f"eps={eps} n={n} {kind}: {row[kind]['wall_s']} s wall, {row[kind]['cpu_s']} s CPU, "
+            f"{row[kind]['robust']} robust")
+    fast, ref = raw["fast"], raw["pyautoattack"]
+    row["robust_identical"] = bool(torch.equal(fast["robust_flags"], ref["robust_flags"]))
+    row["points_disagreeing"] = int((fast["robust_flags"] != ref["robust_flags"]).sum())
+    row["x_adv_identical"] = bool(torch.equal(fast["x_adv"], ref["x_adv"]))
     row["time_vs_pyautoattack"] = round(row["fast"]["wall_s"] / row["pyautoattack"]["wall_s"], 3)
     row["cpu_time_vs_pyautoattack"] = round(row["fast"]["cpu_s"] / row["pyautoattack"]["cpu_s"], 3)
-    if torchattacks:
-        (ta_robust, _), t = timed(lambda: run_torchattack("AutoAttack", model, x, y, seed=seed, device=device,
-                                                          norm="Linf", eps=eps, version="standard", n_classes=10))
-        row["torchattacks"] = {**t, "robust": int(ta_robust.sum()), "robust_acc": float(ta_robust.float().mean()),
-                               "points_disagreeing_with_pyautoattack": int((ta_robust != ref.robust).sum()),
-                               "time_vs_pyautoattack": round(t["wall_s"] / row["pyautoattack"]["wall_s"], 3)}
-        log(f"eps={eps} n={len(y)} torchattacks: {t['wall_s']} s wall, {int(ta_robust.sum())} robust, "
-            f"{row['torchattacks']['points_disagreeing_with_pyautoattack']} points disagree with pyautoattack")
+    for kind in kinds[2:]:
+        other = raw[kind]["robust_flags"]
+        row[kind]["points_disagreeing_with_pyautoattack"] = int((other != ref["robust_flags"]).sum())
+        row[kind]["time_vs_pyautoattack"] = round(row[kind]["wall_s"] / row["pyautoattack"]["wall_s"], 3)
+        if "x_adv" in raw[kind]:
+            row[kind]["x_adv_identical"] = bool(torch.equal(raw[kind]["x_adv"], ref["x_adv"]))
     return row
 
 
@@ -146,14 +193,13 @@ def section_autoattack(args: argparse.Namespace) -> dict:
     def log(msg: str) -> None:
         print(f"{time.strftime('%H:%M:%S')} autoattack: {msg}", file=sys.stderr, flush=True)
 
+    if args.aa_worker:
+        _aa_worker(args)
+        sys.exit(0)
     if args.aa_model:
-        from shieldkit.models import load_model
-
-        model, desc = load_model(args.aa_model, device=args.device), f"given model {args.aa_model}"
+        desc = f"given model {args.aa_model}"
     else:
-        model, desc = pgdat_model(args.device)
-    model.eval()
-    test = load_dataset("mnist5k", "test")
+        _, desc = pgdat_model(args.device)
     result: dict = {
         "what": "AutoAttack-standard (linf; APGD-CE, APGD-T, FAB-T, Square), same MNIST-5k test points and seed: "
                 "shieldkit fast backend vs pyautoattack vs torchattacks.AutoAttack",
@@ -162,15 +208,16 @@ def section_autoattack(args: argparse.Namespace) -> dict:
         "versions": {"pyautoattack": pyautoattack.__version__, "torchattacks": torchattacks.__version__,
                      "torch": torch.__version__},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "isolation": "every run in its own fresh process (--aa-worker); pyautoattack in a default process",
     }
-    sub = test.subset(args.aa_n, seed=args.seed)
-    main = _compare(model, sub.x, sub.y, args.aa_eps, args.seed, args.device, not args.aa_skip_torchattacks, log)
+    kinds = tuple(k for k in AA_RUNS if k != "torchattacks" or not args.aa_skip_torchattacks)
+    main = _compare(args.aa_eps, args.aa_n, args, kinds, log)
     result.update({
         "n": main["n"], "eps": main["eps"],
         "time_vs_pyautoattack": main["time_vs_pyautoattack"],
         "cpu_time_vs_pyautoattack": main["cpu_time_vs_pyautoattack"],
-        "seconds": {k: main[k]["wall_s"] for k in ("fast", "pyautoattack", "torchattacks") if k in main},
-        "cpu_seconds": {k: main[k]["cpu_s"] for k in ("fast", "pyautoattack", "torchattacks") if k in main},
+        "seconds": {k: main[k]["wall_s"] for k in AA_RUNS if k in main},
+        "cpu_seconds": {k: main[k]["cpu_s"] for k in AA_RUNS if k in main},
         "main_run": main,
     })
     runs = [main]
@@ -182,8 +229,7 @@ def section_autoattack(args: argparse.Namespace) -> dict:
         eps, n = (float(v) for v in spec.split(":"))
         if (eps, int(n)) == (main["eps"], main["n"]):
             continue
-        v = test.subset(int(n), seed=args.seed)
-        row = _compare(model, v.x, v.y, eps, args.seed, args.device, False, log)
+        row = _compare(eps, int(n), args, ("fast", "pyautoattack"), log)
         result["verification_runs"].append(row)
         runs.append(row)
         result["per_point_identical"] = all(r["robust_identical"] for r in runs)
@@ -324,6 +370,8 @@ def main() -> None:
     ap.add_argument("--aa-verify", default="0.2:200",
                     help="extra fast-vs-pyautoattack identity runs, 'eps:n' comma-separated ('' for none)")
     ap.add_argument("--aa-skip-torchattacks", action="store_true")
+    ap.add_argument("--aa-worker", choices=AA_RUNS, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--aa-worker-out", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--syn-rows", default=",".join(SYN_ROWS), help=f"synthesis rows, from {sorted(SYN_ROWS)}")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -25,6 +25,7 @@ from typer.core import TyperGroup
 from typer.exceptions import Abort
 
 from shieldkit.errors import ShieldkitError
+from shieldkit.utils.allocator import tune_allocator
 
 _STATE = {"debug": False}
 _FS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
@@ -86,6 +87,7 @@ class ShieldkitGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
         _STATE["debug"] = False
+        tune_allocator()  # every stage allocates batch-sized maps: keep freed memory mapped (utils/allocator.py)
         try:
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
