@@ -192,10 +192,22 @@ def test_fast_max_pool_is_bitwise(k, s, p):
     xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
     ya, yb = F.max_pool2d(xa, k, s, p), fa.fast_max_pool(xb, k, s, p)
     dy = torch.randn(ya.shape, generator=g)
+    dy[0, 0] = -0.0  # the reference adds into zeros: a -0.0 gradient lands as +0.0
     assert torch.equal(ya, yb)
-    assert torch.equal(torch.autograd.grad(ya, xa, dy)[0], torch.autograd.grad(yb, xb, dy)[0])
+    ga, gb = torch.autograd.grad(ya, xa, dy)[0], torch.autograd.grad(yb, xb, dy)[0]
+    assert torch.equal(ga, gb) and torch.equal(ga.signbit(), gb.signbit())
     with torch.no_grad():
         assert torch.equal(fa.fast_max_pool(x, k, s, p), F.max_pool2d(x, k, s, p))
+
+
+def test_fast_max_pool_gradient_with_nan_matches_the_reference():
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    x[0, 1, 2:4, 4:6] = float("nan")  # a whole window of NaN: PyTorch keeps the last one
+    x[1, 2, 0, 1] = float("nan")
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = F.max_pool2d(xa, 2, 2), fa.fast_max_pool(xb, 2, 2)
+    dy = torch.arange(ya.numel(), dtype=torch.float32).view_as(ya)
+    assert torch.equal(torch.autograd.grad(ya, xa, dy)[0], torch.autograd.grad(yb, xb, dy)[0])
 
 
 def test_eval_batch_norm_backward_is_bitwise():
