@@ -119,13 +119,13 @@ def _aa_worker(args: argparse.Namespace) -> None:
     """One AutoAttack run in this (fresh) process; robust flags, x_adv and timings saved to ``--aa-worker-out``."""
     from shieldkit.attacks.library import run_autoattack_detailed, run_torchattack
     from shieldkit.models import load_model
-    from shieldkit.utils.allocator import tune_allocator
+    from shieldkit.utils.allocator import allocator_state, tune_allocator
 
     kind = args.aa_worker
     model = load_model(args.aa_model or WORK / "pgdat_mnist_cnn.safetensors", device=args.device).eval()
     sub = load_dataset("mnist5k", "test").subset(args.aa_n, seed=args.seed)
-    if kind == "pyautoattack_tuned":
-        tune_allocator()
+    if kind in ("fast", "pyautoattack_tuned") and not tune_allocator()["applied"]:  # fast: as the CLI runs it
+        raise SystemExit(f"{kind}: the allocator setting was not applied: {allocator_state()}")
     if kind == "torchattacks":
         (robust, _), t = timed(lambda: run_torchattack("AutoAttack", model, sub.x, sub.y, seed=args.seed,
                                                        device=args.device, norm="Linf", eps=args.aa_eps,
@@ -138,8 +138,8 @@ def _aa_worker(args: argparse.Namespace) -> None:
         out = {**t, "robust_flags": res.robust, "x_adv": res.x_adv, "robust": int(res.robust.sum()),
                "robust_acc": float(res.robust.float().mean()), "per_attack_robust": res.per_attack,
                "per_attack_wall_s": {k: round(v, 2) for k, v in res.attack_time.items()},
-               "how": {**res.backend, "allocator_tuned": bool(tune_allocator()["applied"])
-                       if kind != "pyautoattack" else False}}
+               "how": res.backend}
+    out["allocator"] = allocator_state() or {"applied": False, "reason": "not called (default process)"}
     out["threads"] = torch.get_num_threads()
     torch.save(out, args.aa_worker_out)
 
@@ -155,9 +155,9 @@ def _run_worker(kind: str, eps: float, n: int, args: argparse.Namespace) -> dict
                "--device", args.device]
         if args.aa_model:
             cmd += ["--aa-model", str(args.aa_model)]
-        env = dict(os.environ)
-        if kind == "pyautoattack":  # as shipped: a default process, whatever the caller set
-            env.pop("SHIELDKIT_MALLOC", None)
+        # no malloc option reaches any run from the caller: each run's allocator is what its kind says
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("SHIELDKIT_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD") and not k.startswith("MALLOC_")}
         subprocess.run(cmd, check=True, env=env)
         return torch.load(dst, weights_only=False)
 
@@ -177,7 +177,7 @@ def _compare(eps: float, n: int, args: argparse.Namespace, kinds: tuple[str, ...
     row["x_adv_identical"] = bool(torch.equal(fast["x_adv"], ref["x_adv"]))
     row["time_vs_pyautoattack"] = round(row["fast"]["wall_s"] / row["pyautoattack"]["wall_s"], 3)
     row["cpu_time_vs_pyautoattack"] = round(row["fast"]["cpu_s"] / row["pyautoattack"]["cpu_s"], 3)
-    for kind in kinds[2:]:
+    for kind in (k for k in kinds if k not in ("fast", "pyautoattack")):
         other = raw[kind]["robust_flags"]
         row[kind]["points_disagreeing_with_pyautoattack"] = int((other != ref["robust_flags"]).sum())
         row[kind]["time_vs_pyautoattack"] = round(row[kind]["wall_s"] / row["pyautoattack"]["wall_s"], 3)

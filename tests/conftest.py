@@ -8,13 +8,17 @@ import torch
 from shieldkit.data import load_dataset
 from shieldkit.models import create_model
 from shieldkit.training.standard import StandardTrainConfig, train_classifier
+from shieldkit.utils.allocator import tune_allocator
 
 
 def pytest_configure(config):  # noqa: ARG001
     """One declared policy instead of scattered ``torch.set_num_threads(1)`` calls: every test process
     computes on one thread. Parallelism comes from ``pytest -n 2`` (one xdist worker per core), and
-    one-thread kernels make the bit-identity tests independent of how many workers run."""
+    one-thread kernels make the bit-identity tests independent of how many workers run. Each test process
+    also keeps freed memory mapped from the start, as every ``shieldkit`` command does
+    (``shieldkit.utils.allocator``), so that no test's memory behaviour depends on which CLI test ran first."""
     torch.set_num_threads(1)
+    tune_allocator()
 
 
 @pytest.fixture(scope="session")

@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
-glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.confstr("CS_GNU_LIBC_VERSION"),
-                           reason="the setting exists only on glibc")
+glibc = pytest.mark.skipif(not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"
+                           or any(a in os.environ.get("LD_PRELOAD", "") for a in ("jemalloc", "tcmalloc", "mimalloc")),
+                           reason="the setting exists only with glibc's malloc")
 
 # RSS (MiB) after a 64 MiB tensor is filled and freed: glibc's default serves it with mmap (above the 32 MiB
 # ceiling of its dynamic threshold) and unmaps it on free; tuned, it comes from the heap and is kept.
 _PROBE = """
-import json, sys
+import json, os, sys
 import torch
 if sys.argv[1] == "tune":
     from shieldkit.utils.allocator import tune_allocator
@@ -25,7 +27,7 @@ else:
     first = second = None
 def rss():
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096 / 2**20
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 t = torch.ones(16 * 2**20)  # 64 MiB, every page touched
 held = rss()
 del t
@@ -34,15 +36,19 @@ print(json.dumps({"first": first, "second": second, "kept_mib": rss() - held + 6
 
 
 def _probe(mode: str, **env: str) -> dict:
+    """Run the probe in a fresh interpreter whose environment sets no malloc option but ``env``."""
+    clean = {k: v for k, v in os.environ.items()
+             if k != "SHIELDKIT_MALLOC" and not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     out = subprocess.run([sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env})
+                         env={**clean, **env})
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @glibc
 def test_freed_memory_stays_mapped_only_when_tuned() -> None:
     tuned = _probe("tune")
-    assert tuned["first"]["applied"] is True and tuned["first"]["glibc"]
+    assert tuned["first"]["applied"] is True and tuned["first"]["glibc"], tuned
+    assert tuned["first"]["settings"] == {"M_MMAP_MAX": True, "M_TRIM_THRESHOLD": True}
     assert tuned["second"] == tuned["first"]  # idempotent: the second call reports the first
     assert tuned["kept_mib"] > 48, tuned  # the 64 MiB stayed in the process
     default = _probe("none")

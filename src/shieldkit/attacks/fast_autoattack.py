@@ -44,11 +44,10 @@ FAB's per-step label-check forward (with its graph) for the next step's gradient
 attack that pulls every point found adversarial (at any distance) back towards the clean image, so 50-100 %
 of the points move between the two forwards (measured on 12 points) and FAB-T got 1.3× slower.
 
-4. **Memory that stays mapped** (:func:`shieldkit.utils.allocator.tune_allocator`). glibc hands every large
-   freed block back to the OS, so each activation map of a batch is faulted in and zeroed again on first
-   touch, per layer and per step. Keeping freed memory in the process changes no float. Measured on 200
-   points (APGD-CE + APGD-T, the rest of this backend on, two one-thread processes side by side): 212 s with
-   glibc's defaults, 182 s tuned (0.86×).
+4. **Memory that stays mapped** (:func:`shieldkit.utils.allocator.tune_allocator`, applied by every
+   ``shieldkit`` command, not by this module: it is a process policy). Keeping freed blocks in the process
+   instead of letting glibc unmap or trim them changes no float; ``benchmarks/speed.py`` runs this backend the
+   way the CLI does, with it, and also pyautoattack with only that setting, so its share of the gain is shown.
 
 What the arithmetic depends on, and how it is kept equal: per-image results of the model must not
 depend on which other images share the batch. On this CPU that holds for every batch size ≥ 2 but not
@@ -76,7 +75,7 @@ from shieldkit.attacks.fast_kernels import (  # re-exported: the backend's kerne
     is_deterministic,
 )
 from shieldkit.attacks.patch_eval import PatchEvaluator, _MismatchError
-from shieldkit.utils.allocator import tune_allocator
+from shieldkit.utils.allocator import allocator_state
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +174,8 @@ def accelerated(aa: Any, x_probe: torch.Tensor) -> Iterator[dict]:
     """Make ``aa`` (a ``pyautoattack.AutoAttack``) fast for the duration of the block; yields what was done.
 
     Only on CPU and for deterministic models; the attack objects are replaced by fast copies and the
-    originals restored on exit. The allocator setting (item 4) is process-wide and stays: it changes where
-    memory comes from, not any result."""
+    originals restored on exit. Whether the process keeps freed memory mapped (item 4) is recorded, not
+    changed."""
     info: dict = {"backend": "fast", "pooling_patched": 0, "square": "full", "params_frozen": False}
     device = torch.device(aa.device) if aa.device is not None else x_probe.device
     model = aa.model
@@ -189,7 +188,7 @@ def accelerated(aa: Any, x_probe: torch.Tensor) -> Iterator[dict]:
         info["backend"] = "pyautoattack (model is randomised)"
         yield info
         return
-    info["allocator_tuned"] = bool(tune_allocator()["applied"])
+    info["allocator_tuned"] = bool(allocator_state().get("applied"))
     with ExitStack() as stack:
         info["pooling_patched"] = stack.enter_context(channels_last_pooling(inner))
         stack.enter_context(frozen_parameters(inner))

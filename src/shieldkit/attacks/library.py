@@ -39,10 +39,11 @@ AA_VERSIONS = ("standard", "rand", "plus")
 # (shieldkit.attacks.fast_autoattack); "pyautoattack": the official package exactly as shipped.
 AA_BACKENDS = ("fast", "pyautoattack")
 # The default is the fast backend: measured side by side (benchmarks/results/speed.json, PGD-AT mnist_cnn, 200
-# MNIST-5k test points, one thread) it takes 0.52x pyautoattack's wall time (551 s vs 1,062 s; torchattacks
-# 541 s but 3 points disagree) with the same robust flags and bitwise the same x_adv on every point at
-# eps 0.1 and 0.2 (also tests/test_fast_autoattack.py). It falls back to pyautoattack as shipped by itself
-# off CPU/float32 and for randomised models; backend="pyautoattack" asks for the package untouched.
+# MNIST-5k test points, one thread, each run its own process) it takes 0.54x pyautoattack's wall time (552 s vs
+# 1,029 s; 0.52x in an earlier run; torchattacks 552 s but 3 points disagree) with the same robust flags and
+# bitwise the same x_adv on every point at eps 0.1 and 0.2 (also tests/test_fast_autoattack.py). It falls back
+# to pyautoattack as shipped by itself off CPU/float32 and for randomised models; backend="pyautoattack" asks
+# for the package untouched.
 DEFAULT_AA_BACKEND = "fast"
 
 

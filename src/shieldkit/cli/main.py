@@ -87,8 +87,8 @@ class ShieldkitGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):  # noqa: ANN001, ANN201
         _STATE["debug"] = False
-        tune_allocator()  # every stage allocates batch-sized maps: keep freed memory mapped (utils/allocator.py)
         try:
+            tune_allocator()  # every stage allocates batch-sized maps: keep freed memory mapped (utils/allocator.py)
             rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False,
                               **extra)
         except ClickException as exc:
