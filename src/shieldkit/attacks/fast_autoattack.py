@@ -47,7 +47,9 @@ of the points move between the two forwards (measured on 12 points) and FAB-T go
 4. **Memory that stays mapped** (:func:`shieldkit.utils.allocator.tune_allocator`, applied by every
    ``shieldkit`` command, not by this module: it is a process policy). Keeping freed blocks in the process
    instead of letting glibc unmap or trim them changes no float; ``benchmarks/speed.py`` runs this backend the
-   way the CLI does, with it, and also pyautoattack with only that setting, so its share of the gain is shown.
+   way the CLI does, with it, and also pyautoattack with only that setting, so its share of the gain is shown:
+   at one thread none measurable for AutoAttack (pyautoattack 1,029 s without, 1,066 s with it; run-to-run
+   noise ≈ 3 %) — it pays off in training and PGD instead (``shieldkit/utils/allocator.py``).
 
 What the arithmetic depends on, and how it is kept equal: per-image results of the model must not
 depend on which other images share the batch. On this CPU that holds for every batch size ≥ 2 but not
