@@ -193,6 +193,9 @@ def merge(out: Path) -> None:
 
 
 if __name__ == "__main__":
+    from shieldkit.utils.allocator import tune_allocator
+
+    tune_allocator()  # the process policy of every shieldkit command (recorded in provenance)
     ap = argparse.ArgumentParser()
     ap.add_argument("--group", choices=sorted(GROUPS))
     ap.add_argument("--out", default="runs/atop_bench")

@@ -392,4 +392,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    from shieldkit.utils.allocator import tune_allocator
+
+    tune_allocator()  # the process policy of every shieldkit command (recorded in provenance)
     sys.exit(main())

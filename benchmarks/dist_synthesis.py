@@ -98,6 +98,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from shieldkit.utils.allocator import tune_allocator
+
+    tune_allocator()  # the process policy of every shieldkit command (recorded in provenance)
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", default=None)
     a = ap.parse_args()

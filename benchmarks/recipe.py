@@ -43,9 +43,10 @@ RESULTS = REPO / "benchmarks" / "results"
 # step, random labels, 200 iterations); training: L_DFShield at T = 1 for all three KL terms, PGD-10
 # from a uniform start maximising KL(T(x)‖S(x')), two train-mode BN passes, SGD 0.01 cosine, batch 100.
 BASE_SYN = dict(n_samples=1200, batch_size=200, iterations=200, clamp=True, labels="random", seed=0)
-BASE_TRAIN = dict(epochs=25, batch_size=100, lr=0.01, attack_steps=10, attack_start="uniform", eps_warmup=0.0,
-                  grad_clip=None, seed=0,
-                  objective_kwargs=dict(clean_temperature=1.0, bn_mode="separate", inner_target="teacher"))
+# The base's training factors (objective, attack start, no warm-up, no clipping), reused by the demo rows below
+REF_TRAIN = dict(attack_start="uniform", eps_warmup=0.0, grad_clip=None,
+                 objective_kwargs=dict(clean_temperature=1.0, bn_mode="separate", inner_target="teacher"))
+BASE_TRAIN = dict(epochs=25, batch_size=100, lr=0.01, attack_steps=10, seed=0, **REF_TRAIN)
 # shieldkit's recipe before issue 16 (the demo's synthesis and training at the same budget)
 OLD_SYN = dict(clamp=False, labels="balanced")
 OLD_TRAIN = dict(attack_start="normal", eps_warmup=0.3, grad_clip=5.0,
@@ -96,6 +97,12 @@ DEMO_ROWS: dict[str, dict[str, dict]] = {
     "demo_fast_e10": {"synthesis": {"method": "fast"}, "training": {"epochs": 10}},  # the demo's time (issue 17)
     "demo_dss": {"synthesis": {"method": "dss"}},  # the demo as shipped, but DSS synthesis (issue 17 comparison)
     "demo_fast_pgd7": {"synthesis": {"method": "fast"}, "training": {"attack_steps": 7, "attack_alpha_ratio": 0.25}},
+    # the demo (generator synthesis, 80 updates) with BASE_TRAIN's objective and attack start instead of OLD_TRAIN's
+    # (what `syn_fast` favours at ε = 0.2), then with its PGD-10 step ε/4 too, then with 2.5× the updates as well
+    "demo_ref_training": {"training": REF_TRAIN},
+    "demo_ref_training_pgd10": {"training": {**REF_TRAIN, "attack_steps": 10, "attack_alpha_ratio": 0.25}},
+    "demo_ref_training_pgd10_e25": {"training": {**REF_TRAIN, "attack_steps": 10, "attack_alpha_ratio": 0.25,
+                                                 "epochs": 25}},
 }
 
 
@@ -167,7 +174,7 @@ def run_demo_row(name: str, eps: float, teacher, test, args: argparse.Namespace)
     t0 = time.perf_counter()
     arch = "" if teacher.card.arch == "mnist_cnn" else f"@{teacher.card.arch}"  # one run folder per teacher
     res = shield(teacher, Path(args.work) / f"demo-eps{eps:g}-{name}{arch}", cfg, test_data=test, device=args.device,
-                 progress=False, evaluate_teacher=False)
+                 progress=False, evaluate_teacher=False, overwrite=args.redo)  # --redo: the run folder too
     sh = res["shielded"]
     return {"name": name, "eps": eps, "command": f"shieldkit shield --eps {eps:g} at the demo budget"
             + "".join(f" with {part} {over}" for part, over in DEMO_ROWS[name].items()),
@@ -291,4 +298,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from shieldkit.utils.allocator import tune_allocator
+
+    tune_allocator()  # the process policy of every shieldkit command (recorded in provenance)
     raise SystemExit(main())

@@ -142,4 +142,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from shieldkit.utils.allocator import tune_allocator
+
+    tune_allocator()  # the process policy of every shieldkit command (recorded in provenance)
     main()

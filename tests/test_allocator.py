@@ -71,3 +71,18 @@ def test_every_cli_command_tunes_the_allocator(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(cli_main, "tune_allocator", lambda: calls.append(1) or {"applied": True})
     res = CliRunner().invoke(cli_main.app, ["--version"])
     assert res.exit_code == 0 and calls == [1], (res.output, calls)
+
+
+def test_provenance_and_report_say_which_allocator_the_times_were_measured_with() -> None:
+    """Times (not floats) depend on the setting, so every result's provenance records it and the report shows it."""
+    from shieldkit.reporting.shield_report import _allocator_text, _provenance_rows
+    from shieldkit.utils.allocator import allocator_state
+    from shieldkit.utils.provenance import provenance
+
+    prov = provenance()
+    assert prov["host"]["allocator"] == (allocator_state() or "glibc default (shieldkit's setting not applied)")
+    assert ("memory allocator", _allocator_text(prov["host"]["allocator"])) in _provenance_rows(prov)
+    assert _allocator_text({"applied": True, "glibc": "2.36"}) == "glibc 2.36, freed memory kept mapped"
+    assert _allocator_text({"applied": False, "reason": "SHIELDKIT_MALLOC=default"}) == "SHIELDKIT_MALLOC=default"
+    assert _allocator_text("glibc default (shieldkit's setting not applied)").startswith("glibc default")
+    assert all(name != "memory allocator" for name, _ in _provenance_rows({"host": {}}))  # results from before

@@ -476,7 +476,13 @@ def demo_config(quick: bool = False) -> ShieldConfig:
     Epochs (issue 17 item 5; ``benchmarks/recipe.py --rows demo_fast_e10 --eps 0.1``, 100 warm-up batches): on the
     generator's set 10 epochs (80 updates) give 96.4 / 64.4 / 55.0 % in 268 s of training, against 96.4 / 71.6 /
     64.5 % for 25 epochs in 595 s (``speed.json`` ``synthesis.rows.fast_w100``; one thread, a shared machine).
-    The demo trains 10: towards issue 17's time target with AutoAttack above 45 %.
+    The demo trains 10: towards issue 17's time target with AutoAttack above 45 %. Fewer epochs buy little
+    time, because AutoAttack's cost is per *robust* point (≈ 2 s each on 2 cores; every sub-attack runs to the
+    end on a point it cannot break): ``shield`` with ``demo_config()`` and only ``training.epochs`` changed,
+    2 threads, 2026-12-07 (clean / PGD-20 / AutoAttack; training s, evaluation s of the shielded model) —
+    6 epochs 94.4 / 64.0 / 56.0 %, 44 s, 259 s; 8 epochs 94.6 / 65.9 / 58.5 %, 56 s, 281 s; 10 epochs 95.3 / 68.0 /
+    58.5 %, 60-68 s, 222-257 s. A demo at AutoAttack ≥ 45 % on 200 points therefore spends ≥ 90 robust points
+    × 2 s on it, plus ≈ 50 s on the teacher's AutoAttack.
     """
     if quick:
         return ShieldConfig(

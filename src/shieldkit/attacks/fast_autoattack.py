@@ -42,7 +42,12 @@ Measured side by side (``benchmarks/results/speed.json``: PGD-AT ``mnist_cnn``, 
 nothing here shrinks), FAB-T 241 / 389 s (0.62×), Square 121 / 457 s (0.27×). Tried and dropped: reusing
 FAB's per-step label-check forward (with its graph) for the next step's gradient — FAB is a minimum-norm
 attack that pulls every point found adversarial (at any distance) back towards the clean image, so 50-100 %
-of the points move between the two forwards (measured on 12 points) and FAB-T got 1.3× slower.
+of the points move between the two forwards (measured on 12 points) and FAB-T got 1.3× slower. Also tried
+and dropped: the runner's batches on forked one-thread processes (every ``perturb`` reseeds, so a batch's result
+does not depend on where it runs). On the demo's shielded ``mnist_cnn`` (200 points, 117 robust, 2 cores) two
+such workers with batches of 64 took 239.1 s against 232.8 s for one process with two threads and batches of 250:
+at ~120 robust points two intra-op threads already keep both cores busy, and smaller batches cost more per
+image (batches of 10: 1.36× the one-thread time of batches of 250, 60 points).
 
 4. **Memory that stays mapped** (:func:`shieldkit.utils.allocator.tune_allocator`, applied by every
    ``shieldkit`` command, not by this module: it is a process policy). Keeping freed blocks in the process

@@ -262,7 +262,17 @@ def _provenance_rows(prov: dict) -> list[tuple[str, object]]:
     rows += [(name, version) for name, version in prov.get("packages", {}).items()]
     rows += [("platform", host.get("platform")), ("CPU count", host.get("cpu_count")),
              ("torch threads", host.get("torch_threads")), ("CUDA available", host.get("cuda"))]
+    if "allocator" in host:  # the times depend on it (shieldkit/utils/allocator.py); no float does
+        rows.append(("memory allocator", _allocator_text(host["allocator"])))
     return rows
+
+
+def _allocator_text(state: object) -> str:
+    if not isinstance(state, dict):
+        return str(state)
+    if state.get("applied"):
+        return f"glibc {state.get('glibc')}, freed memory kept mapped"
+    return str(state.get("reason") or "glibc defaults")
 
 
 def _floats(v: list[float] | None) -> str:

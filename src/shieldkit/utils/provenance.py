@@ -39,11 +39,14 @@ def git_revision(path: str | Path | None = None) -> str | None:
 def provenance() -> dict:
     import torch
 
+    from shieldkit.utils.allocator import allocator_state
+
     return {
         "packages": package_versions(),
         "git_revision": git_revision(),
         "host": {"platform": platform.platform(), "cpu_count": _cpu_count(),
-                 "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()},
+                 "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                 "allocator": allocator_state() or "glibc default (shieldkit's setting not applied)"},
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
