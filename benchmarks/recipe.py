@@ -103,6 +103,10 @@ DEMO_ROWS: dict[str, dict[str, dict]] = {
     "demo_ref_training_pgd10": {"training": {**REF_TRAIN, "attack_steps": 10, "attack_alpha_ratio": 0.25}},
     "demo_ref_training_pgd10_e25": {"training": {**REF_TRAIN, "attack_steps": 10, "attack_alpha_ratio": 0.25,
                                                  "epochs": 25}},
+    # the demo's compute (10 epochs of PGD-3 over 1,600 samples) in 4× / 8× the updates: batches of 50 / 25, not 200
+    "demo_b50": {"training": {"batch_size": 50}},
+    "demo_b25": {"training": {"batch_size": 25}},
+    "demo_ref_training_b50": {"training": {**REF_TRAIN, "batch_size": 50}},
 }
 
 
@@ -204,9 +208,11 @@ def render(rows: dict) -> str:
              "changed per row from `base` (see `benchmarks/recipe.py` for the base and each factor); `real_data` "
              "is the same training on 1,200 *real* training digits (the ceiling of any synthetic set at this "
              "budget); `reference_*` rows are the independent loop of `benchmarks/recipe_reference.py`; `demo*` "
-             "rows are `shieldkit shield --eps E` at the demo budget (1,600 samples × 150 iterations, 200 updates; "
-             "PGD-7 step ε/4 in the rows run before 2026-12-07's switch to PGD-3 step ε/2, `demo_pgd3` / "
-             "`demo_fgsm_rs` change only the inner attack; training s on a shared machine). Clean / "
+             "rows are `shieldkit shield --eps E` at the demo budget of the day they ran (1,600 samples; the "
+             "updates column: 200 until the demo moved to 10 epochs of the generator's set, 80 since; PGD-7 step ε/4 "
+             "in the rows run before 2026-12-07's switch to PGD-3 step ε/2, `demo_pgd3` / `demo_fgsm_rs` change only "
+             "the inner attack; `demo_ref_training*` use the base's objective and attack start; training s on a "
+             "shared machine). Clean / "
              "PGD-20 on n real test points, AutoAttack-standard on aa_n of them; 95 % Clopper-Pearson intervals.", ""]
     ref_path = RESULTS / "recipe_reference.json"
     ref = json.loads(ref_path.read_text()) if ref_path.exists() else {}
