@@ -94,10 +94,12 @@ def main() -> None:
     real_epochs = args.real_epochs or (args.epochs if args.recipe == "shipped" else 10)
 
     def attack_cfg(**kw) -> RobustTrainConfig:
+        """Training settings of a row: the shipped ones (its batch of 25 for every row) or the dss recipe's."""
         if args.recipe == "shipped":
-            kw.pop("batch_size", None)  # the shipped batch (25) for every row
             return replace(shipped.training, eps=args.eps, lr=args.lr, **kw)
-        return RobustTrainConfig(eps=args.eps, lr=args.lr, seed=0, attack_steps=args.attack_steps, **kw)
+        batch = 200 if kw.get("grad_refine_batches", 1) == 1 else 100
+        return RobustTrainConfig(eps=args.eps, lr=args.lr, seed=0, attack_steps=args.attack_steps, batch_size=batch,
+                                 **kw)
 
     def save() -> None:
         """Merge into the file under a lock, so rows may run in parallel processes (``--rows``)."""
@@ -131,8 +133,7 @@ def main() -> None:
         results["stage_seconds"]["synthesis"] = time.perf_counter() - t
         results["synthesis"] = {"n_samples": len(syn), **syn.throughput(), "config": scfg.to_dict()}
         t = time.perf_counter()
-        cfg = attack_cfg(epochs=args.epochs, grad_refine_batches=args.grad_refine,
-                         batch_size=200 if args.grad_refine == 1 else 100)
+        cfg = attack_cfg(epochs=args.epochs, grad_refine_batches=args.grad_refine)
         student, _ = train_robust(init_student(teacher), syn.x, cfg, y=syn.y, t_logits=syn.t_logits,
                                   out_dir=work / "train_dfs", device=args.device, progress=False)
         results["stage_seconds"]["training_shielded"] = time.perf_counter() - t
@@ -143,7 +144,7 @@ def main() -> None:
     if "original" in rows and "original" not in done:
         train = load_dataset("mnist5k", "train")
         t = time.perf_counter()
-        cfg = attack_cfg(objective="pgd_at", attack_start="uniform", epochs=real_epochs, batch_size=200)
+        cfg = attack_cfg(objective="pgd_at", attack_start="uniform", epochs=real_epochs)
         student, _ = train_robust(init_student(teacher), train.x, cfg, y=train.y, out_dir=work / "train_original",
                                   device=args.device, progress=False)
         results["stage_seconds"]["training_original"] = time.perf_counter() - t
@@ -155,7 +156,7 @@ def main() -> None:
         with torch.no_grad():
             t_logits = teacher(pub.x)
         t = time.perf_counter()
-        cfg = attack_cfg(objective="soft_at", epochs=real_epochs * 3, batch_size=200)
+        cfg = attack_cfg(objective="soft_at", epochs=real_epochs * 3)
         student, _ = train_robust(init_student(teacher), pub.x, cfg, t_logits=t_logits, out_dir=work / "train_public",
                                   device=args.device, progress=False)
         results["stage_seconds"]["training_public"] = time.perf_counter() - t
