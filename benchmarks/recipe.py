@@ -123,6 +123,35 @@ DEMO_ROWS: dict[str, dict[str, dict]] = {
     # Appendix C, more samples, at equal updates (640): 800 × 20 epochs, the demo's 1,600 × 10, 3,200 × 5
     "demo_n800_e20": {"synthesis": {"n_samples": 800}, "training": {"epochs": 20}, "evaluation": {"aa_n": 100}},
     "demo_n3200_e5": {"synthesis": {"n_samples": 3200}, "training": {"epochs": 5}, "evaluation": {"aa_n": 100}},
+    # issue 16 item 1 on the shipped recipe: one factor at a time from `grid_base` (the demo as shipped — generator
+    # set, L_DFShield at T = 20 with joint BN, PGD-3 step ε/2 from a normal start, ε warm-up 0.3, clip 5, batch 25,
+    # 640 updates — with AutoAttack on 100 points); the same samples and training updates in every row
+    **{f"grid_{name}": {**over, "evaluation": {"aa_n": 100}} for name, over in {
+        "base": {},
+        # the base again with other seeds (synthesis and training): how far a row moves by chance alone
+        "base_seed1": {"synthesis": {"seed": 1}, "training": {"seed": 1}},
+        "base_seed2": {"synthesis": {"seed": 2}, "training": {"seed": 2}},
+        # synthesis factors (the generator's sigmoid output is always in range: no clamping factor here)
+        "syn_random_labels": {"synthesis": {"labels": "random"}},
+        "syn_fixed_coefficients": {"synthesis": {"coefficients": "fixed"}},
+        "syn_dss_all_terms": {"synthesis": {"dss_terms": ("class", "feature", "prior")}},
+        "syn_no_jitter": {"synthesis": {"jitter": 0}},
+        "syn_bn_squared": {"synthesis": {"bn_norm": "squared"}},
+        "syn_steps10": {"synthesis": {"fast": {"steps": 10}}},  # 2× the generator steps per batch (2× synthesis)
+        # the three synthesis factors that raised ε = 0.2's PGD-20 most, together
+        "syn_combined": {"synthesis": {"fast": {"steps": 10}, "jitter": 0, "dss_terms": ("class", "feature", "prior")}},
+        # the two single factors that moved ε = 0.2 furthest past the base's seed spread, together, on three seeds
+        **{f"best{tag}": {"synthesis": {"fast": {"steps": 10}, **seed}, "training": {"lr": 0.05, **seed}}
+           for tag, seed in (("", {}), ("_seed1", {"seed": 1}), ("_seed2", {"seed": 2}))},
+        # training factors
+        "train_clean_T1": {"training": {"objective_kwargs": {"clean_temperature": 1.0}}},
+        "train_separate_bn": {"training": {"objective_kwargs": {"bn_mode": "separate"}}},
+        "train_inner_teacher": {"training": {"objective_kwargs": {"inner_target": "teacher"}}},
+        "train_uniform_start": {"training": {"attack_start": "uniform"}},
+        "train_no_warmup": {"training": {"eps_warmup": 0.0}},
+        "train_no_clip": {"training": {"grad_clip": None}},
+        "train_lr_0.05": {"training": {"lr": 0.05}},
+    }.items()},
 }
 
 
@@ -161,6 +190,56 @@ def synthetic_set(teacher, syn: dict, work: Path, device: str):  # noqa: ANN001,
     return load_synthetic(folder), cfg.to_dict(), time.perf_counter() - t0
 
 
+def user_teacher(source: str, label: str, device: str):  # noqa: ANN201 - a NormalizedClassifier
+    """A user's own teacher, imported as ``shieldkit import-model`` imports it (issue 16's second architecture).
+
+    ``source`` is ``file.py:Class``; the file's ``train(x, y)`` is the user's training script, run once on the
+    mnist5k training split (its state_dict saved under ``runs/teachers/mnist5k-<label>/``). The weights are then
+    imported with :func:`shieldkit.models.importers.import_model` (``require_bn``: the checks a user's model
+    gets) and saved with ``save_model``; later runs load that saved model. Its clean test accuracy is written to
+    ``teacher.json`` next to it."""
+    from shieldkit.models import load_model, save_model
+    from shieldkit.models.importers import import_model
+    from shieldkit.models.pysource import load_module
+
+    folder = REPO / "runs" / "teachers" / f"mnist5k-{label}"
+    if (folder / "model.safetensors").exists():
+        return attacked_teacher(load_model(folder / "model", device=device), folder, source, device)
+    file, _, _cls = source.rpartition(":")
+    train = load_dataset("mnist5k", "train")
+    log(f"training the user's {source} on {len(train.x)} mnist5k digits …")
+    net = load_module(file).train(train.x, train.y)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), folder / "weights.pt")
+    model = import_model(source, weights=folder / "weights.pt", num_classes=10, in_channels=1, image_size=28,
+                         dataset="mnist5k", require_bn=True)
+    test = load_dataset("mnist5k", "test")
+    with torch.no_grad():
+        acc = float((model(test.x).argmax(1) == test.y).float().mean())
+    save_model(model, folder / "model")
+    atomic_write_json(folder / "teacher.json", {"source": source, "clean_acc": acc, "n": len(test.x)})
+    log(f"user teacher {label}: clean {acc:.3f} on {len(test.x)} test digits")
+    return attacked_teacher(load_model(folder / "model", device=device), folder, source, device)
+
+
+def attacked_teacher(teacher, folder: Path, source: str, device: str):  # noqa: ANN001, ANN201
+    """The undefended teacher under the rows' attacks (PGD-20 on 1,000 points, AutoAttack on 200) at ε = 0.1 / 0.2,
+    once, written to ``benchmarks/results/recipe_user_teacher.json``: the attacks must reach ≈ 0 % on this
+    architecture before its shielded rows mean anything."""
+    out = RESULTS / "recipe_user_teacher.json"
+    if not out.exists():
+        test = load_dataset("mnist5k", "test")
+        rows = {}
+        for eps in (0.1, 0.2):
+            ev = evaluate_basic(teacher, test, eps=eps, n=1000, aa_n=200, autoattack=True, device=device)
+            rows[f"eps{eps:g}"] = {k: ev.get(k) for k in ("clean_acc", "pgd_acc", "autoattack_acc", "n", "aa_n",
+                                                         "clean", "pgd", "autoattack")}
+            log(f"undefended {source} at ε = {eps:g}: {rows[f'eps{eps:g}']['clean_acc']:.3f} / "
+                f"{rows[f'eps{eps:g}']['pgd_acc']:.3f} / {rows[f'eps{eps:g}']['autoattack_acc']}")
+        atomic_write_json(out, {"source": source, "card": teacher.card.to_dict(), **rows, "provenance": provenance()})
+    return teacher
+
+
 def run_row(name: str, eps: float, teacher, test, args: argparse.Namespace) -> dict:  # noqa: ANN001
     syn_over, train_over = ROWS[name]
     syn, scfg, syn_s = synthetic_set(teacher, merged(BASE_SYN, syn_over), Path(args.work), args.device)
@@ -194,7 +273,7 @@ def run_demo_row(name: str, eps: float, teacher, test, args: argparse.Namespace)
                               training=dataclasses.replace(cfg.training, eps=eps, **train_over),
                               evaluation=dataclasses.replace(cfg.evaluation, **eval_over))
     t0 = time.perf_counter()
-    arch = "" if teacher.card.arch == "mnist_cnn" else f"@{teacher.card.arch}"  # one run folder per teacher
+    arch = "" if args.label == "mnist_cnn" else f"@{args.label}"  # one run folder per teacher
     res = shield(teacher, Path(args.work) / f"demo-eps{eps:g}-{name}{arch}", cfg, test_data=test, device=args.device,
                  progress=False, evaluate_teacher=False, overwrite=args.redo)  # --redo: the run folder too
     sh = res["shielded"]
@@ -247,8 +326,54 @@ def render(rows: dict) -> str:
                              f"{_pct(r['pgd'])} | {_pct(r['autoattack'])} | {r['n']} / {r['aa_n'] or 0} | "
                              f"{r.get('updates', '—')} | {_seconds(r, 'training')} |")
         lines.append("")
+    lines += grid_table(rows)
     lines += contrasts(everything)
     return "\n".join(lines)
+
+
+def grid_table(rows: dict) -> list[str]:
+    """Issue 16 item 1 on the shipped recipe: each `grid_*` factor row against `grid_base` of its ε and teacher,
+    with the spread of the base over its seeds (`grid_base_seed*`) — a factor moving less than that is noise."""
+    by = {(r["eps"], r.get("teacher") or "mnist_cnn", r["name"]): r for r in rows.values()
+          if r["name"].startswith("grid_")}
+    out = []
+    for eps, teacher in sorted({(e, t) for e, t, n in by if n == "grid_base"}):
+        base = by[(eps, teacher, "grid_base")]
+        seeds = [r for (e, t, n), r in by.items() if (e, t) == (eps, teacher) and n.startswith("grid_base")]
+        spread = {m: (min(r[m] for r in seeds), max(r[m] for r in seeds)) for m in ("clean_acc", "pgd_acc")}
+        aa = [r["autoattack_acc"] for r in seeds if r["autoattack_acc"] is not None]
+        out += [f"## One factor at a time on the shipped recipe — ε = {eps:g}, teacher {teacher}", "",
+                f"`grid_base` is `shield --eps {eps:g}` at the demo budget (AutoAttack on 100 points). Over "
+                f"{len(seeds)} seed(s) of the base: clean {100 * spread['clean_acc'][0]:.1f}-"
+                f"{100 * spread['clean_acc'][1]:.1f}, PGD-20 {100 * spread['pgd_acc'][0]:.1f}-"
+                f"{100 * spread['pgd_acc'][1]:.1f}"
+                + (f", AutoAttack {100 * min(aa):.0f}-{100 * max(aa):.0f}" if aa else "") + " %.", "",
+                "| row | clean | PGD-20 | AutoAttack | Δ clean | Δ PGD-20 | Δ AA |", "|---|---|---|---|---|---|---|"]
+        for (e, t, n), r in sorted(by.items(), key=lambda kv: kv[0][2] != "grid_base"):
+            if (e, t) != (eps, teacher):
+                continue
+            d_aa = ("—" if r["autoattack_acc"] is None or base["autoattack_acc"] is None
+                    else f"{100 * (r['autoattack_acc'] - base['autoattack_acc']):+.0f}")
+            out.append(f"| {n} | {_pct(r['clean'])} | {_pct(r['pgd'])} | {_pct(r['autoattack'])} | "
+                       f"{100 * (r['clean_acc'] - base['clean_acc']):+.1f} | "
+                       f"{100 * (r['pgd_acc'] - base['pgd_acc']):+.1f} | {d_aa} |")
+        out.append("")
+        groups: dict[str, list[dict]] = {}
+        for (e, t, n), r in by.items():
+            if (e, t) == (eps, teacher):
+                groups.setdefault(n.split("_seed")[0], []).append(r)
+        multi = {g: rs for g, rs in groups.items() if len(rs) > 1}
+        if multi:
+            out += ["Rows run on several seeds (synthesis and training seed 0, 1, 2): the mean and the range.", "",
+                    "| rows | seeds | clean | PGD-20 | AutoAttack |", "|---|---|---|---|---|"]
+            for g, rs in multi.items():
+                cells = []
+                for m in ("clean_acc", "pgd_acc", "autoattack_acc"):
+                    v = [100 * r[m] for r in rs if r[m] is not None]
+                    cells.append(f"{sum(v) / len(v):.1f} ({min(v):.0f}-{max(v):.0f})" if v else "—")
+                out.append(f"| {g}* | {len(rs)} | " + " | ".join(cells) + " |")
+            out.append("")
+    return out
 
 
 # (label, row measured, row compared with): what one factor group moves, on the same teacher and ε
@@ -290,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--work", default="runs/recipe")
     p.add_argument("--arch", default="mnist_cnn", help="teacher architecture (rows of another arch get its name)")
+    p.add_argument("--teacher-source", default=None,
+                   help="a user's model file.py:Class (trained by the file's train(), then imported); rows get "
+                        "--label's name instead of --arch's")
+    p.add_argument("--label", default=None, help="the teacher's name in row keys (default: --arch, or the class)")
     p.add_argument("--redo", action="store_true", help="recompute rows already in recipe.json")
     p.add_argument("--merge-only", action="store_true")
     a = p.parse_args(argv)
@@ -303,8 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         print(f"unknown rows {unknown}; choose from {list(ROWS) + list(DEMO_ROWS)}", file=sys.stderr)
         return 2
-    teacher = ensure_teacher(REPO / f"runs/teachers/mnist5k-{a.arch}", arch=a.arch, device=a.device, progress=False)
-    suffix = "" if a.arch == "mnist_cnn" else f"@{a.arch}"
+    if a.teacher_source:
+        a.label = a.label or a.teacher_source.rpartition(":")[2]
+        teacher = user_teacher(a.teacher_source, a.label, a.device)
+    else:
+        a.label = a.label or a.arch
+        teacher = ensure_teacher(REPO / f"runs/teachers/mnist5k-{a.arch}", arch=a.arch, device=a.device,
+                                 progress=False)
+    suffix = "" if a.label == "mnist_cnn" else f"@{a.label}"
     test = load_dataset("mnist5k", "test")
     for eps in (float(e) for e in a.eps.split(",")):
         for name in names:
@@ -313,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             log(f"{key} …")
             runner = run_demo_row if name in DEMO_ROWS else run_row
-            rows[key] = {**runner(name, eps, teacher, test, a), "teacher": a.arch}
+            rows[key] = {**runner(name, eps, teacher, test, a), "teacher": a.label}
             r = rows[key]
             log(f"{key}: clean {r['clean_acc']:.3f} pgd {r['pgd_acc']:.3f} aa {r['autoattack_acc']} "
                 f"({r['seconds']})")

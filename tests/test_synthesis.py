@@ -32,6 +32,23 @@ def test_bn_feature_loss_hand_computed():
         assert bn.loss().item() == pytest.approx(4.0 + 9.25, rel=1e-6)
 
 
+def test_bn_feature_loss_batchnorm1d_head_hand_computed():
+    """A BatchNorm1d on (N, C) features (a user's two-layer head, issue 16's second teacher) is compared per feature
+    over the batch alone, and its term adds to the conv layers' ones."""
+    net = nn.Sequential(nn.BatchNorm2d(2), nn.Flatten(), nn.BatchNorm1d(2)).eval()
+    net[0].running_mean.copy_(torch.tensor([1.0, -1.0]))
+    net[0].running_var.copy_(torch.tensor([2.0, 0.5]))
+    # channel 0: 3, 1 (mean 2, var 1); channel 1: −1, −1 (mean −1, var 0); 1×1 images, so BN1d sees (2, 2)
+    x = torch.tensor([[[[3.0]], [[-1.0]]], [[[1.0]], [[-1.0]]]])
+    with BNStatistics(net) as bn:
+        net(x)
+        got = bn.loss().item()
+    # BN2d: ‖(1−2, −1+1)‖ + ‖(2−1, 0.5−0)‖ = 1 + sqrt(1.25)
+    # its output (x − μ_T)/sqrt(σ²_T + eps): ch 0 (3−1)/√2, (1−1)/√2 = √2, 0 → mean √2/2, var 0.5; ch 1: 0, 0
+    # BN1d: ‖(0 − √2/2, 0)‖ + ‖(1 − 0.5, 1 − 0)‖ = √0.5 + sqrt(1.25)
+    assert got == pytest.approx(1 + 1.25 ** 0.5 + 0.5 ** 0.5 + 1.25 ** 0.5, rel=1e-4)
+
+
 def test_bn_hooks_removed_after_context():
     net = _bn_net()
     with BNStatistics(net):
