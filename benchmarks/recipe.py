@@ -204,7 +204,7 @@ def user_teacher(source: str, label: str, device: str):  # noqa: ANN201 - a Norm
 
     folder = REPO / "runs" / "teachers" / f"mnist5k-{label}"
     if (folder / "model.safetensors").exists():
-        return attacked_teacher(load_model(folder / "model", device=device), folder, source, device)
+        return attacked_teacher(load_model(folder / "model", device=device), source, device)
     file, _, _cls = source.rpartition(":")
     train = load_dataset("mnist5k", "train")
     log(f"training the user's {source} on {len(train.x)} mnist5k digits …")
@@ -219,10 +219,10 @@ def user_teacher(source: str, label: str, device: str):  # noqa: ANN201 - a Norm
     save_model(model, folder / "model")
     atomic_write_json(folder / "teacher.json", {"source": source, "clean_acc": acc, "n": len(test.x)})
     log(f"user teacher {label}: clean {acc:.3f} on {len(test.x)} test digits")
-    return attacked_teacher(load_model(folder / "model", device=device), folder, source, device)
+    return attacked_teacher(load_model(folder / "model", device=device), source, device)
 
 
-def attacked_teacher(teacher, folder: Path, source: str, device: str):  # noqa: ANN001, ANN201
+def attacked_teacher(teacher, source: str, device: str):  # noqa: ANN001, ANN201
     """The undefended teacher under the rows' attacks (PGD-20 on 1,000 points, AutoAttack on 200) at ε = 0.1 / 0.2,
     once, written to ``benchmarks/results/recipe_user_teacher.json``: the attacks must reach ≈ 0 % on this
     architecture before its shielded rows mean anything."""
