@@ -196,29 +196,24 @@ def user_teacher(source: str, label: str, device: str):  # noqa: ANN201 - a Norm
     ``source`` is ``file.py:Class``; the file's ``train(x, y)`` is the user's training script, run once on the
     mnist5k training split (its state_dict saved under ``runs/teachers/mnist5k-<label>/``). The weights are then
     imported with :func:`shieldkit.models.importers.import_model` (``require_bn``: the checks a user's model
-    gets) and saved with ``save_model``; later runs load that saved model. Its clean test accuracy is written to
-    ``teacher.json`` next to it."""
+    gets) and saved with ``save_model``; later runs load that saved model. Its clean and attacked accuracy are in
+    :func:`attacked_teacher`'s file."""
     from shieldkit.models import load_model, save_model
     from shieldkit.models.importers import import_model
-    from shieldkit.models.pysource import load_module
+    from shieldkit.models.pysource import load_module, split_class_spec
 
     folder = REPO / "runs" / "teachers" / f"mnist5k-{label}"
-    if (folder / "model.safetensors").exists():
-        return attacked_teacher(load_model(folder / "model", device=device), source, device)
-    file, _, _cls = source.rpartition(":")
-    train = load_dataset("mnist5k", "train")
-    log(f"training the user's {source} on {len(train.x)} mnist5k digits …")
-    net = load_module(file).train(train.x, train.y)
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), folder / "weights.pt")
-    model = import_model(source, weights=folder / "weights.pt", num_classes=10, in_channels=1, image_size=28,
-                         dataset="mnist5k", require_bn=True)
-    test = load_dataset("mnist5k", "test")
-    with torch.no_grad():
-        acc = float((model(test.x).argmax(1) == test.y).float().mean())
-    save_model(model, folder / "model")
-    atomic_write_json(folder / "teacher.json", {"source": source, "clean_acc": acc, "n": len(test.x)})
-    log(f"user teacher {label}: clean {acc:.3f} on {len(test.x)} test digits")
+    if not (folder / "model.safetensors").exists():
+        if (spec := split_class_spec(source)) is None:
+            raise SystemExit(f"--teacher-source {source!r}: expected path/to/file.py:ClassName")
+        file = spec[0]
+        train = load_dataset("mnist5k", "train")
+        log(f"training the user's {source} on {len(train.x)} mnist5k digits …")
+        net = load_module(file).train(train.x, train.y)
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), folder / "weights.pt")
+        save_model(import_model(source, weights=folder / "weights.pt", num_classes=10, in_channels=1, image_size=28,
+                                dataset="mnist5k", require_bn=True), folder / "model")
     return attacked_teacher(load_model(folder / "model", device=device), source, device)
 
 
@@ -339,7 +334,11 @@ def grid_table(rows: dict) -> list[str]:
     out = []
     for eps, teacher in sorted({(e, t) for e, t, n in by if n == "grid_base"}):
         base = by[(eps, teacher, "grid_base")]
-        seeds = [r for (e, t, n), r in by.items() if (e, t) == (eps, teacher) and n.startswith("grid_base")]
+        groups: dict[str, list[dict]] = {}  # a row and its `_seedN` replicates
+        for (e, t, n), r in by.items():
+            if (e, t) == (eps, teacher):
+                groups.setdefault(n.split("_seed")[0], []).append(r)
+        seeds = groups["grid_base"]
         spread = {m: (min(r[m] for r in seeds), max(r[m] for r in seeds)) for m in ("clean_acc", "pgd_acc")}
         aa = [r["autoattack_acc"] for r in seeds if r["autoattack_acc"] is not None]
         out += [f"## One factor at a time on the shipped recipe — ε = {eps:g}, teacher {teacher}", "",
@@ -358,10 +357,6 @@ def grid_table(rows: dict) -> list[str]:
                        f"{100 * (r['clean_acc'] - base['clean_acc']):+.1f} | "
                        f"{100 * (r['pgd_acc'] - base['pgd_acc']):+.1f} | {d_aa} |")
         out.append("")
-        groups: dict[str, list[dict]] = {}
-        for (e, t, n), r in by.items():
-            if (e, t) == (eps, teacher):
-                groups.setdefault(n.split("_seed")[0], []).append(r)
         multi = {g: rs for g, rs in groups.items() if len(rs) > 1}
         if multi:
             out += ["Rows run on several seeds (synthesis and training seed 0, 1, 2): the mean and the range.", "",
